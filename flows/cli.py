@@ -1,0 +1,213 @@
+"""The `visiontune` command line. Heavy imports stay inside commands so --help is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.environment import configure
+from flows.project import STAGES, Project
+from params import ParamsError
+
+app = typer.Typer(
+    help="Fine-tune pretrained image classifiers on your labelled images: "
+    "a Prefect + DVC pipeline (collect → clean → split → augment → tune → train → evaluate).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+collect_app = typer.Typer(help="Bring labelled images into data/ and version them (dvc add).")
+server_app = typer.Typer(help="The project-local Prefect server (127.0.0.1) and its UI.")
+app.add_typer(collect_app, name="collect")
+app.add_typer(server_app, name="server")
+console = Console()
+err = Console(stderr=True)
+
+StageName = Enum("StageName", {s: s for s in STAGES}, type=str)  # type: ignore[misc]
+
+
+def _project() -> Project:
+    project = Project.find()
+    configure(project)
+    return project
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _print_metrics(project: Project) -> None:
+    path = project.artifacts("evaluate") / "metrics.json"
+    if not path.is_file():
+        return
+    metrics = json.loads(path.read_text())
+    table = Table(title=f"test metrics ({path.relative_to(project.root)})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _print_ui(project: Project) -> None:
+    from flows.server import running_server
+
+    server = running_server(project)
+    if server:
+        console.print(f"Prefect UI: [bold]{server.ui_url}[/bold]")
+
+
+def _collect(items_fn, project: Project) -> None:
+    from prefect import flow
+
+    from tasks.collect import dvc_add, write_items
+
+    @flow(name="collect", log_prints=True)
+    def collect_flow() -> dict:
+        report = write_items(items_fn(), project.data)
+        md5 = dvc_add(project.data) if (report.new or report.changed) else None
+        return {
+            "new": len(report.new),
+            "changed": len(report.changed),
+            "unchanged": report.unchanged,
+            "data_version": md5,
+        }
+
+    result = collect_flow()
+    console.print(
+        f"data/: {result['new']} new, {result['changed']} changed, "
+        f"{result['unchanged']} unchanged"
+        + (f"; data.dvc now at {result['data_version']}" if result["data_version"] else "")
+    )
+
+
+@collect_app.command("demo")
+def collect_demo(
+    per_class: int = typer.Option(120, min=1, help="images per class (demo categories)"),
+) -> None:
+    """The offline demo set: Noto emoji PNGs (npm emoji-datasource-google), label = category."""
+    from tasks.collect import demo_items, fetch_demo_package
+
+    project = _project()
+    tarball = fetch_demo_package()
+    _collect(lambda: demo_items(tarball, per_class=per_class), project)
+
+
+@collect_app.command("folder")
+def collect_folder(
+    path: Path = typer.Argument(..., help="an ImageFolder tree: PATH/<label>/<image>"),
+) -> None:
+    """Copy an ImageFolder tree (one sub-folder per label) into data/."""
+    from tasks.collect import folder_items
+
+    project = _project()
+    if not path.is_dir():
+        _fail(f"{path} is not a folder")
+    _collect(lambda: folder_items(path), project)
+
+
+def _validated(project: Project) -> None:
+    try:
+        project.validate_all()
+    except ParamsError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> None:  # type: ignore[valid-type]
+    """Run one stage's flow now (the cmd of each dvc.yaml stage; `dvc repro` calls this)."""
+    from flows.pipeline import run_stage
+
+    project = _project()
+    _validated(project)
+    run_stage(project, name.value)
+
+
+@app.command()
+def run(
+    force: bool = typer.Option(False, help="run every stage even if DVC says it is up to date"),
+) -> None:
+    """Run the stale stages of dvc.yaml as one Prefect flow and record them in dvc.lock."""
+    from flows.pipeline import pipeline_flow
+
+    project = _project()
+    _validated(project)
+    result = pipeline_flow(str(project.root), force=force)
+    if result["ran"]:
+        table = Table(title="stages run")
+        table.add_column("stage")
+        table.add_column("seconds", justify="right")
+        for name, seconds in result["seconds"].items():
+            table.add_row(name, f"{seconds:.1f}")
+        console.print(table)
+    else:
+        console.print("Everything is up to date.")
+    _print_metrics(project)
+    _print_ui(project)
+
+
+@app.command()
+def metrics() -> None:
+    """Print the last evaluation's test metrics."""
+    project = _project()
+    if not (project.artifacts("evaluate") / "metrics.json").is_file():
+        _fail("no metrics yet: run `visiontune run` first", 1)
+    _print_metrics(project)
+
+
+@app.command("check-params")
+def check_params() -> None:
+    """Validate every params/*.yaml against the schema without running anything."""
+    project = _project()
+    _validated(project)
+    console.print(f"params OK: {', '.join(str(project.params_file(s).name) for s in STAGES)}")
+
+
+@server_app.command("start")
+def server_start(
+    port: int = typer.Option(4200, help="preferred port (a free one is picked if taken)"),
+) -> None:
+    """Start the project's Prefect server on 127.0.0.1 (reuses a running one)."""
+    from flows.server import start_server
+
+    project = _project()
+    with console.status("starting the Prefect server…"):
+        info = start_server(project, port=port)
+    console.print(f"Prefect server running (pid {info.pid}). UI: [bold]{info.ui_url}[/bold]")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the project's Prefect server (by its recorded PID)."""
+    from flows.server import stop_server
+
+    project = _project()
+    console.print("stopped" if stop_server(project) else "no server was running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say whether the project's server runs, and where."""
+    from flows.server import running_server
+
+    info = running_server(Project.find())
+    if info:
+        console.print(f"running (pid {info.pid}): UI {info.ui_url}, API {info.api_url}")
+    else:
+        console.print("not running: `visiontune server start`")
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m flows.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`visiontune run`: one Prefect flow that walks dvc.yaml's DAG and runs the stale stages.
+
+DVC decides what is stale and records what ran (dvc.lock), so afterwards
+`dvc status` is clean and `dvc repro` has nothing to do; Prefect runs each
+visiontune stage in-process as a subflow, so the whole pipeline is one run in
+the UI. Stages whose cmd is not `visiontune stage <name>` run through DVC.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.project import STAGES, Project
+
+
+def stage_flow_name(cmd: str | list | None) -> str | None:
+    """'clean' for the cmd `visiontune stage clean`, else None."""
+    if not isinstance(cmd, str):
+        return None
+    words = shlex.split(cmd)
+    if len(words) == 3 and words[:2] == ["visiontune", "stage"] and words[2] in STAGES:
+        return words[2]
+    return None
+
+
+def run_stage(project: Project, name: str) -> dict:
+    """Run one stage's flow with its validated params (a subflow when called inside a flow)."""
+    from flows import stages
+
+    root = str(project.root)
+    p = project.params
+    match name:
+        case "clean":
+            return stages.clean_flow(p("clean"), root)
+        case "split":
+            return stages.split_flow(p("split"), root)
+        case "augment":
+            return stages.augment_flow(p("augment"), p("train"), root)
+        case "tune":
+            return stages.tune_flow(p("tune"), p("train"), root)
+        case "train":
+            return stages.train_flow(p("train"), root)
+        case "evaluate":
+            return stages.evaluate_flow(p("evaluate"), root)
+    raise ValueError(f"unknown stage {name!r}")
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(root: str = ".", force: bool = False) -> dict:
+    """Run every stale stage of dvc.yaml in dependency order and record it in dvc.lock."""
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    log = get_run_logger()
+    project = Project(Path(root).resolve())
+    project.validate_all()
+    ran: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    with Repo(str(project.root)) as repo:
+        for stage in nx.dfs_postorder_nodes(repo.index.graph):
+            name = stage.addressing
+            if not (force and isinstance(stage, PipelineStage)) and not stage.changed():
+                log.info("%s: up to date", name)
+                continue
+            started = time.perf_counter()
+            flow_name = stage_flow_name(stage.cmd) if isinstance(stage, PipelineStage) else None
+            if flow_name:
+                log.info("%s: running", name)
+                ran[name] = run_stage(project, flow_name)
+                repo.commit(name, force=True)
+            else:
+                log.info("%s: changed, reproducing with DVC", name)
+                repo.reproduce(name, single_item=True, force=True)
+                ran[name] = {}
+            timings[name] = round(time.perf_counter() - started, 1)
+    if not ran:
+        log.info("everything is up to date")
+    return {"ran": list(ran), "seconds": timings, "results": ran}

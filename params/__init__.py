@@ -1,0 +1,25 @@
+"""Typed stage parameters: one YAML per stage, validated by the models in `schema`."""
+
+from params.schema import (
+    STAGE_MODELS,
+    AugmentParams,
+    CleanParams,
+    EvaluateParams,
+    ParamsError,
+    SplitParams,
+    TrainParams,
+    TuneParams,
+    load_params,
+)
+
+__all__ = [
+    "STAGE_MODELS",
+    "AugmentParams",
+    "CleanParams",
+    "EvaluateParams",
+    "ParamsError",
+    "SplitParams",
+    "TrainParams",
+    "TuneParams",
+    "load_params",
+]

@@ -1,0 +1,111 @@
+"""Albumentations train/eval pipelines built from params, saved with `A.save`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from params import AugmentParams  # noqa: E402
+
+WHITE = (255, 255, 255)
+
+
+def geometric_and_colour(params: AugmentParams) -> list[A.BasicTransform]:
+    """The random part of the train pipeline (also what the preview shows)."""
+    size = (params.image_size, params.image_size)
+    steps: list[A.BasicTransform] = [
+        A.RandomResizedCrop(size=size, scale=(params.scale_min, 1.0), p=1.0),
+    ]
+    if params.hflip > 0:
+        steps.append(A.HorizontalFlip(p=params.hflip))
+    if params.rotate_limit > 0:
+        steps.append(
+            A.Rotate(
+                limit=params.rotate_limit,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=WHITE,
+                p=0.5,
+            )
+        )
+    if params.color_jitter > 0:
+        j = params.color_jitter
+        steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
+    return steps
+
+
+def build_pipelines(
+    params: AugmentParams, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[A.Compose, A.Compose]:
+    """(train, eval) pipelines: both end in the model's normalisation and a CHW tensor."""
+    tail = [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    size = (params.image_size, params.image_size)
+    train = A.Compose([*geometric_and_colour(params), *tail], seed=params.seed)
+    evaluation = A.Compose(
+        [
+            A.SmallestMaxSize(max_size=params.image_size, p=1.0),
+            A.CenterCrop(height=size[0], width=size[1], p=1.0),
+            *tail,
+        ]
+    )
+    return train, evaluation
+
+
+def save_pipeline(pipeline: A.Compose, path: Path) -> None:
+    from tasks.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        A.save(pipeline, str(tmp), data_format="yaml")
+
+
+def load_pipeline(path: Path) -> A.Compose:
+    return A.load(str(path), data_format="yaml")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def render_preview(
+    split: pd.DataFrame, clean_dir: Path, params: AugmentParams, out_png: Path
+) -> None:
+    """A grid: one row per class, the original then augmented samples of its train images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.files import atomic_path
+
+    preview = A.Compose(geometric_and_colour(params), seed=params.seed)
+    train = split[split["split"] == "train"]
+    labels = sorted(train["label"].unique())
+    cols = params.preview_per_class + 1
+    fig, axes = plt.subplots(
+        len(labels), cols, figsize=(1.6 * cols, 1.6 * len(labels)), squeeze=False
+    )
+    for row, label in enumerate(labels):
+        first = train[train["label"] == label].iloc[0]
+        image = read_rgb(clean_dir / first["cache"])
+        axes[row][0].imshow(image)
+        axes[row][0].set_title("original", fontsize=7)
+        axes[row][0].set_ylabel(label, fontsize=8)
+        for col in range(1, cols):
+            axes[row][col].imshow(preview(image=image)["image"])
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("train augmentations (first train image of each class)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
