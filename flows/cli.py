@@ -33,9 +33,13 @@ StageName = Enum("StageName", {s: s for s in STAGES}, type=str)  # type: ignore[
 
 
 def _project() -> Project:
-    project = Project.find()
-    configure(project)
-    return project
+    return Project.find()
+
+
+@app.callback()
+def _setup() -> None:
+    """Runs before every command, before prefect is imported (it reads settings at import)."""
+    configure(Project.find())
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -53,7 +53,7 @@ def run_stage(project: Project, name: str) -> dict:
 def pipeline_flow(root: str = ".", force: bool = False) -> dict:
     """Run every stale stage of dvc.yaml in dependency order and record it in dvc.lock."""
     import networkx as nx
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
 
     log = get_run_logger()
@@ -61,7 +61,7 @@ def pipeline_flow(root: str = ".", force: bool = False) -> dict:
     project.validate_all()
     ran: dict[str, dict] = {}
     timings: dict[str, float] = {}
-    with Repo(str(project.root)) as repo:
+    with Repo(str(project.root)) as repo, lock_repo(repo):
         for stage in nx.dfs_postorder_nodes(repo.index.graph):
             name = stage.addressing
             if not (force and isinstance(stage, PipelineStage)) and not stage.changed():

@@ -89,13 +89,17 @@ def demo_items(
             bucket = chosen.get(emoji["category"])
             if bucket is not None and emoji.get("has_img_google") and len(bucket) < per_class:
                 bucket.append(emoji)
-        items = []
-        for category, emojis in chosen.items():
-            for emoji in emojis:
-                member = tar.extractfile(f"package/img/google/64/{emoji['image']}")
-                if member is None:
-                    continue
-                items.append((safe_label(category), emoji["image"], member.read()))
+        wanted = {
+            f"package/img/google/64/{e['image']}": (safe_label(category), e["image"])
+            for category, emojis in chosen.items()
+            for e in emojis
+        }
+        # one sequential pass: random access into a .tgz re-decompresses from the start
+        found = {}
+        for member in tar:
+            if member.name in wanted:
+                found[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    items = [(*wanted[name], found[name]) for name in wanted if name in found]
     return items
 
 
