@@ -152,8 +152,9 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
         progress = create_progress_artifact(0.0, key="tune-progress", description="trials")
 
         def on_trial(trial) -> None:
-            log.info("trial %d %s value=%s %s", trial.number, trial.state.name, trial.value,
-                     trial.params)
+            log.info(
+                "trial %d %s value=%s %s", trial.number, trial.state.name, trial.value, trial.params
+            )
             update_progress_artifact(progress, 100.0 * (trial.number + 1) / params.n_trials)
 
         study = run_study(params, train, _train_data(project), out, on_trial=on_trial)
@@ -214,7 +215,7 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     from tasks.report import publish_image, publish_markdown
-    from tasks.train import fit
+    from tasks.train import CHECKPOINT, fit, load_checkpoint, run_fingerprint
 
     project = Project(Path(root))
     out = project.artifacts("train")
@@ -222,12 +223,17 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     params = tuned_train_params(project, params)
     data = _train_data(project)
     log = get_run_logger()
-    log.info("training %s on %d classes with %s", params.model, len(data.classes),
-             {k: getattr(params, k) for k in TUNED_KEYS})
+    log.info(
+        "training %s on %d classes with %s",
+        params.model,
+        len(data.classes),
+        {k: getattr(params, k) for k in TUNED_KEYS},
+    )
     progress = create_progress_artifact(0.0, key="train-progress", description="epochs")
-    resume = (out / "checkpoint.pt").is_file()
-    with Live(dir=str(out / "live"), resume=resume, dvcyaml=None, save_dvc_exp=False,
-              report=None) as live:
+    resume = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data)) is not None
+    with Live(
+        dir=str(out / "live"), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None
+    ) as live:
 
         def on_epoch(m) -> None:
             for key, value in asdict(m).items():
@@ -236,7 +242,10 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
             live.next_step()
             log.info(
                 "epoch %d/%d%s train_loss=%.4f val_loss=%s val_accuracy=%s",
-                m.epoch + 1, params.epochs, " (head only)" if m.frozen else "", m.train_loss,
+                m.epoch + 1,
+                params.epochs,
+                " (head only)" if m.frozen else "",
+                m.train_loss,
                 f"{m.val_loss:.4f}" if m.val_loss is not None else "-",
                 f"{m.val_accuracy:.4f}" if m.val_accuracy is not None else "-",
             )

@@ -7,14 +7,14 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
-from PIL import Image  # noqa: E402
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+from albumentations.pytorch import ToTensorV2
+from PIL import Image
 
-from params import AugmentParams  # noqa: E402
+from params import AugmentParams
 
 WHITE = (255, 255, 255)
 

@@ -51,7 +51,7 @@ def cache_dir() -> Path:
 
 
 def safe_label(label: str) -> str:
-    """A label as a folder name: lowercase words joined by '_' (e.g. 'Food & Drink' → food_drink)."""
+    """A label as a folder name: lowercase words joined by '_' ('Food & Drink' → food_drink)."""
     name = re.sub(r"[^0-9a-zA-Z]+", "_", label).strip("_").lower()
     if not name:
         raise ValueError(f"label {label!r} has no usable characters for a folder name")

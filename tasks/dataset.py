@@ -43,5 +43,6 @@ def make_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         generator=generator,
-        drop_last=False,
+        # a last training batch of one image breaks BatchNorm; drop the ragged tail
+        drop_last=shuffle and len(dataset) > batch_size,
     )

@@ -44,7 +44,7 @@ def evaluate_predictions(
     preds = probs.argmax(1)
     metrics: dict[str, float] = {
         "accuracy": float(accuracy_score(targets, preds)),
-        "n_test": int(len(targets)),
+        "n_test": len(targets),
         "n_classes": len(classes),
         "chance_accuracy": float(np.bincount(targets, minlength=len(classes)).max() / len(targets)),
     }

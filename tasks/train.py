@@ -95,7 +95,8 @@ def param_groups(clf: Classifier, params: TrainParams) -> list[dict]:
     ):
         decay = [p for p in tensors if p.ndim > 1]
         no_decay = [p for p in tensors if p.ndim <= 1]
-        groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": params.weight_decay})
+        wd = params.weight_decay
+        groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": wd})
         groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0})
     return [g for g in groups if g["params"]]
 
@@ -152,6 +153,19 @@ def save_torch(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def run_fingerprint(params: TrainParams, data: TrainData) -> str:
+    """Same params and same split → same run; only then is a checkpoint resumed."""
+    return hashlib.sha256((params.model_dump_json() + data.fingerprint()).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint at `path` if it belongs to this run, else None."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("fingerprint") == fingerprint else None
+
+
 def fit(
     params: TrainParams,
     data: TrainData,
@@ -167,9 +181,7 @@ def fit(
     clf.net.to(device)
     train_set = CachedImages(data.part("train"), data.clean_dir, data.train_pipeline, classes)
     val_set = CachedImages(data.part("val"), data.clean_dir, data.eval_pipeline, classes)
-    train_loader = make_loader(
-        train_set, params.batch_size, True, params.num_workers, params.seed
-    )
+    train_loader = make_loader(train_set, params.batch_size, True, params.num_workers, params.seed)
     val_loader = make_loader(val_set, params.batch_size, False, params.num_workers, params.seed)
     optimizer = torch.optim.AdamW(param_groups(clf, params))
     scheduler = make_scheduler(optimizer, params, len(train_loader))
@@ -178,13 +190,11 @@ def fit(
 
     result = FitResult()
     start_epoch, bad_epochs = 0, 0
-    fingerprint = hashlib.sha256(
-        (params.model_dump_json() + data.fingerprint()).encode()
-    ).hexdigest()[:16]
+    fingerprint = run_fingerprint(params, data)
     ckpt_path = out_dir / CHECKPOINT if out_dir else None
-    if ckpt_path and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
+    if ckpt_path:
+        state = load_checkpoint(ckpt_path, fingerprint)
+        if state is not None:
             clf.net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,44 @@
+"""Test setup: quiet offline env vars and one real Prefect server for the session.
+
+Prefect reads its settings when it is imported, so PREFECT_HOME and
+PREFECT_API_URL are set here, before any test module imports it. The server
+itself starts only when a test asks for the `prefect_server` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from flows.environment import QUIET_OFFLINE
+from flows.project import Project
+from flows.server import free_port, start_server, stop_server
+
+_ROOT = Path(tempfile.mkdtemp(prefix="visiontune-tests-"))
+_PROJECT = Project(_ROOT)
+_PORT = free_port(0)
+for _key, _value in QUIET_OFFLINE.items():
+    os.environ.setdefault(_key, _value)
+os.environ["PREFECT_HOME"] = str(_PROJECT.prefect_home)
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
+os.environ.setdefault("VISIONTUNE_CACHE", str(Path.home() / ".cache" / "visiontune"))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server on 127.0.0.1 (temp PREFECT_HOME), stopped by PID afterwards."""
+    info = start_server(_PROJECT, port=_PORT)
+    assert info.api_url == os.environ["PREFECT_API_URL"], "the chosen port was taken"
+    yield info
+    stop_server(_PROJECT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_server(_PROJECT)
+    shutil.rmtree(_ROOT, ignore_errors=True)

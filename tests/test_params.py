@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.project import STAGES, Project
+from params import STAGE_MODELS, ParamsError, SplitParams, TrainParams, load_params
+from tests.conftest import REPO
+
+
+def test_committed_params_files_validate():
+    params = Project(REPO).validate_all()
+    assert set(params) == set(STAGES)
+    assert isinstance(params["train"], TrainParams)
+
+
+def test_every_stage_has_a_model_and_a_yaml():
+    for stage in STAGE_MODELS:
+        assert (REPO / "params" / f"{stage}.yaml").is_file()
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_bad_value_names_file_key_and_reason(tmp_path):
+    path = _write(tmp_path, {"lr": -1})
+    with pytest.raises(ParamsError) as err:
+        load_params(TrainParams, path)
+    message = str(err.value)
+    assert message.count("\n") == 0
+    assert str(path) in message and "lr" in message and "greater than 0" in message
+    assert "-1" in message
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    with pytest.raises(ParamsError, match=r"learning_rate: Extra inputs are not permitted"):
+        load_params(TrainParams, _write(tmp_path, {"learning_rate": 0.1}))
+
+
+def test_cross_field_rules(tmp_path):
+    with pytest.raises(ParamsError, match="freeze_epochs"):
+        load_params(TrainParams, _write(tmp_path, {"epochs": 2, "freeze_epochs": 3}))
+    path = tmp_path / "split.yaml"
+    path.write_text("train: 0.5\nval: 0.1\ntest: 0.1\n")
+    with pytest.raises(ParamsError, match=r"must be 1\.0"):
+        load_params(SplitParams, path)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(TrainParams, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(TrainParams, bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(TrainParams, bad)
+
+
+def test_cli_reports_bad_params_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params").mkdir()
+    for stage in STAGES:
+        (tmp_path / "params" / f"{stage}.yaml").write_text("{}\n")
+    (tmp_path / "params" / "train.yaml").write_text("epochs: 0\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 2
+    assert "params/train.yaml: epochs: Input should be greater than or equal to 1" in (
+        result.output.replace("\n", "")
+    )
+    assert not (tmp_path / "artifacts").exists()
