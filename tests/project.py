@@ -1,0 +1,58 @@
+"""Throw-away visiontune projects (real git + DVC repos) for pipeline tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+# tiny budgets: every stage runs for real, in seconds
+TINY_PARAMS = {
+    "clean": {"max_side": 40},
+    "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+    "augment": {"image_size": 32, "preview_per_class": 2},
+    "tune": {"n_trials": 2, "epochs": 1},
+    "train": {"epochs": 2, "freeze_epochs": 1, "batch_size": 8, "device": "cpu"},
+}
+
+
+def env() -> dict[str, str]:
+    """The test process's env with this venv's scripts (visiontune, dvc) first on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
+    """A git + DVC repo holding this project's dvc.yaml, params and stage code."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "params").mkdir()
+    for path in (REPO / "params").glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        data.update((overrides or {}).get(path.stem, {}))
+        (root / "params" / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    (root / ".gitignore").write_text("/artifacts/\n/data/\n")
+    sh("git", "init", "-q", cwd=root)
+    sh("git", "config", "user.email", "test@example.com", cwd=root)
+    sh("git", "config", "user.name", "test", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    sh("dvc", "config", "core.analytics", "false", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "project", cwd=root)
+    return root

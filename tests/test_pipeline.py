@@ -1,0 +1,125 @@
+"""End to end: a real git + DVC repo, real images, a real Prefect server, every stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.images import truncated_png, write_image_folder
+from tests.project import TINY_PARAMS, make_project, sh
+
+pytestmark = pytest.mark.e2e
+STAGES = ["clean", "split", "augment", "tune", "train", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def ran_project(tmp_path_factory, prefect_server):
+    base = tmp_path_factory.mktemp("pipeline")
+    source = base / "source"
+    write_image_folder(source, per_class=14)
+    truncated_png(source / "circle" / "broken.png")
+    project = make_project(base / "project", TINY_PARAMS)
+    collected = sh("visiontune", "collect", "folder", str(source), cwd=project)
+    run = sh("visiontune", "run", cwd=project)
+    return project, collected, run
+
+
+def test_collect_versions_the_data_with_dvc(ran_project):
+    project, collected, _ = ran_project
+    assert "43 new, 0 changed, 0 unchanged" in collected.stdout
+    dvc_file = yaml.safe_load((project / "data.dvc").read_text())
+    assert dvc_file["outs"][0]["nfiles"] == 43
+    assert (project / "data" / "circle" / "broken.png").is_file()
+
+
+def test_run_records_every_stage_and_leaves_nothing_to_do(ran_project):
+    project, _, run = ran_project
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    status = sh("dvc", "status", cwd=project)
+    assert "Data and pipelines are up to date." in status.stdout
+    repro = sh("dvc", "repro", cwd=project)
+    assert "Data and pipelines are up to date." in repro.stdout
+    assert "Running stage" not in repro.stdout
+    again = sh("visiontune", "run", cwd=project)
+    assert "Everything is up to date." in again.stdout
+    assert "accuracy" in run.stdout  # the metrics table is printed
+
+
+def test_outputs_of_each_stage(ran_project):
+    project, _, _ = ran_project
+    art = project / "artifacts"
+    rejected = pd.read_csv(art / "clean" / "rejected.csv")
+    assert rejected.set_index("path").loc["circle/broken.png", "reason"] == "corrupt"
+    manifest = pd.read_parquet(art / "clean" / "manifest.parquet")
+    assert len(manifest) == 42
+    split = pd.read_parquet(art / "split" / "split.parquet")
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert (art / "augment" / "preview.png").stat().st_size > 0
+    best = yaml.safe_load((art / "tune" / "best_params.yaml").read_text())
+    assert best["source"] == "optuna" and best["trials"] == 2
+    assert {"lr", "weight_decay", "freeze_epochs"} <= set(best)
+    assert (art / "tune" / "study.db").is_file()
+    assert (art / "train" / "model.pt").is_file()
+    live = json.loads((art / "train" / "live" / "metrics.json").read_text())
+    assert "val_accuracy" in live
+    metrics = json.loads((art / "evaluate" / "metrics.json").read_text())
+    for key in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["n_test"] == (split["split"] == "test").sum()
+    predictions = pd.read_csv(art / "evaluate" / "predictions.csv")
+    assert list(predictions.columns[:3]) == ["path", "actual", "predicted"]
+    assert (art / "evaluate" / "confusion.png").stat().st_size > 0
+
+
+def test_prefect_recorded_the_pipeline_and_its_stage_subflows(ran_project):
+    from prefect.client.orchestration import get_client
+
+    project, _, _ = ran_project
+    with get_client(sync_client=True) as client:
+        names = {f.id: f.name for f in client.read_flows()}
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("root") == str(project)]
+        pipeline = [r for r in runs if names[r.flow_id] == "pipeline"]
+        assert len(pipeline) == 2  # the run and the no-op second run
+        first = min(pipeline, key=lambda r: r.start_time)
+        stage_runs = {}
+        for r in runs:
+            if r.parent_task_run_id is not None:
+                parent = client.read_task_run(r.parent_task_run_id)
+                if parent.flow_run_id == first.id:
+                    stage_runs[names[r.flow_id]] = r
+        assert set(stage_runs) == set(STAGES)
+        assert all(r.state.is_completed() for r in [first, *stage_runs.values()])
+        run_ids = {r.id for r in stage_runs.values()}
+        keys = {a.key for a in client.read_artifacts() if a.flow_run_id in run_ids}
+    assert {
+        "clean-summary",
+        "split-summary",
+        "augment-preview",
+        "tune-trials",
+        "train-summary",
+        "train-curves",
+        "evaluate-summary",
+        "evaluate-per-class",
+        "evaluate-confusion",
+    } <= keys
+
+
+def test_dvc_repro_alone_gives_the_same_data_outputs(ran_project, tmp_path):
+    project, _, _ = ran_project
+    other = tmp_path / "other"
+    shutil.copytree(
+        project, other, ignore=shutil.ignore_patterns("artifacts", "dvc.lock", "cache", "tmp")
+    )
+    sh("dvc", "repro", cwd=other)
+    first = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    second = yaml.safe_load((other / "dvc.lock").read_text())["stages"]
+    for stage in ("clean", "split"):
+        assert first[stage]["outs"] == second[stage]["outs"], stage
+    assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=other).stdout
+    metrics = json.loads((other / "artifacts" / "evaluate" / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
