@@ -174,6 +174,20 @@ def check_params() -> None:
     console.print(f"params OK: {', '.join(str(project.params_file(s).name) for s in STAGES)}")
 
 
+@app.command()
+def serve(
+    cron: str = typer.Option("0 3 * * *", help="when to run the pipeline (cron, UTC)"),
+    name: str = typer.Option("scheduled-pipeline", help="the deployment's name"),
+) -> None:
+    """Serve the pipeline as a scheduled Prefect deployment from this machine (Ctrl-C stops)."""
+    from flows.pipeline import pipeline_flow
+
+    project = _project()
+    _validated(project)
+    console.print(f"serving deployment 'pipeline/{name}' on cron '{cron}'")
+    pipeline_flow.serve(name=name, cron=cron, parameters={"root": str(project.root)})
+
+
 @server_app.command("start")
 def server_start(
     port: int = typer.Option(4200, help="preferred port (a free one is picked if taken)"),
