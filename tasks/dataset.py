@@ -16,12 +16,22 @@ class CachedImages(Dataset):
     """Images of one split, read from the clean stage's cache."""
 
     def __init__(
-        self, frame: pd.DataFrame, clean_dir: Path, pipeline: A.Compose, classes: list[str]
+        self,
+        frame: pd.DataFrame,
+        clean_dir: Path,
+        pipeline: A.Compose,
+        classes: list[str],
+        seed: int = 0,
     ) -> None:
         index = {name: i for i, name in enumerate(classes)}
         self.paths = [clean_dir / c for c in frame["cache"]]
         self.targets = [index[label] for label in frame["label"]]
         self.pipeline = pipeline
+        # a pipeline loaded with A.load has no seed: without this, augmentations differ per run
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.pipeline.set_random_seed(seed)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -29,6 +39,12 @@ class CachedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = self.pipeline(image=read_rgb(self.paths[i]))["image"]
         return image, self.targets[i]
+
+
+def _seed_worker(_worker_id: int) -> None:
+    """Each worker's copy of the pipeline gets its own seed, derived from the loader's."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(torch.initial_seed() % 2**32)
 
 
 def make_loader(
@@ -43,6 +59,7 @@ def make_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         generator=generator,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
         # a last training batch of one image breaks BatchNorm; drop the ragged tail
         drop_last=shuffle and len(dataset) > batch_size,
     )

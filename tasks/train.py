@@ -179,7 +179,9 @@ def fit(
     classes = data.classes
     clf = build_classifier(params.model, params.weights, len(classes), params.dropout)
     clf.net.to(device)
-    train_set = CachedImages(data.part("train"), data.clean_dir, data.train_pipeline, classes)
+    train_set = CachedImages(
+        data.part("train"), data.clean_dir, data.train_pipeline, classes, params.seed
+    )
     val_set = CachedImages(data.part("val"), data.clean_dir, data.eval_pipeline, classes)
     train_loader = make_loader(train_set, params.batch_size, True, params.num_workers, params.seed)
     val_loader = make_loader(val_set, params.batch_size, False, params.num_workers, params.seed)

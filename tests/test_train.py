@@ -129,3 +129,11 @@ def test_changed_params_do_not_resume_an_old_checkpoint(data, tmp_path):
 def test_fit_learns_the_shapes(data):
     result = fit(TrainParams(**{**TINY, "epochs": 4}), data, show_progress=False)
     assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_training_is_reproducible(data):
+    params = TrainParams(**{**TINY, "epochs": 2})
+    first = fit(params, data, show_progress=False).history
+    second = fit(params, data, show_progress=False).history
+    assert [m.train_loss for m in first] == [m.train_loss for m in second]
+    assert [m.val_loss for m in first] == [m.val_loss for m in second]
