@@ -69,22 +69,9 @@ def _print_ui(project: Project) -> None:
 
 
 def _collect(items_fn, project: Project) -> None:
-    from prefect import flow
+    from flows.collect import collect_flow
 
-    from tasks.collect import dvc_add, write_items
-
-    @flow(name="collect", log_prints=True)
-    def collect_flow() -> dict:
-        report = write_items(items_fn(), project.data)
-        md5 = dvc_add(project.data) if (report.new or report.changed) else None
-        return {
-            "new": len(report.new),
-            "changed": len(report.changed),
-            "unchanged": report.unchanged,
-            "data_version": md5,
-        }
-
-    result = collect_flow()
+    result = collect_flow(items_fn, str(project.root))
     console.print(
         f"data/: {result['new']} new, {result['changed']} changed, "
         f"{result['unchanged']} unchanged"

@@ -29,23 +29,33 @@ def stage_flow_name(cmd: str | list | None) -> str | None:
 
 def run_stage(project: Project, name: str) -> dict:
     """Run one stage's flow with its validated params (a subflow when called inside a flow)."""
-    from flows import stages
-
     root = str(project.root)
     p = project.params
     match name:
         case "clean":
-            return stages.clean_flow(p("clean"), root)
+            from flows.clean import clean_flow
+
+            return clean_flow(p("clean"), root)
         case "split":
-            return stages.split_flow(p("split"), root)
+            from flows.split import split_flow
+
+            return split_flow(p("split"), root)
         case "augment":
-            return stages.augment_flow(p("augment"), p("train"), root)
+            from flows.augment import augment_flow
+
+            return augment_flow(p("augment"), p("train"), root)
         case "tune":
-            return stages.tune_flow(p("tune"), p("train"), root)
+            from flows.tune import tune_flow
+
+            return tune_flow(p("tune"), p("train"), root)
         case "train":
-            return stages.train_flow(p("train"), root)
+            from flows.train import train_flow
+
+            return train_flow(p("train"), root)
         case "evaluate":
-            return stages.evaluate_flow(p("evaluate"), root)
+            from flows.evaluate import evaluate_flow
+
+            return evaluate_flow(p("evaluate"), root)
     raise ValueError(f"unknown stage {name!r}")
 
 

@@ -41,6 +41,24 @@ class Project:
     def params(self, stage: str) -> _Params:
         return load_params(STAGE_MODELS[stage], self.params_file(stage))
 
+    def train_data(self, image_size: int | None = None):
+        """What training reads: the split, the clean cache and the saved pipelines."""
+        import pandas as pd
+
+        from tasks.augment import load_pipeline
+        from tasks.train import TrainData
+
+        augment = self.artifacts("augment")
+        if image_size is None:
+            image_size = self.params("augment").image_size  # type: ignore[attr-defined]
+        return TrainData(
+            split=pd.read_parquet(self.artifacts("split") / "split.parquet"),
+            clean_dir=self.artifacts("clean"),
+            train_pipeline=load_pipeline(augment / "train.yaml"),
+            eval_pipeline=load_pipeline(augment / "eval.yaml"),
+            image_size=image_size,
+        )
+
     def validate_all(self) -> dict[str, _Params]:
         """Every stage's params, so a bad value fails before any stage starts."""
         return {stage: self.params(stage) for stage in STAGES}

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from rich.progress import track
 
 from params import CleanParams
-from tasks.files import atomic_path, write_bytes_atomic
+from tasks.files import write_bytes_atomic, write_csv, write_parquet
 
 
 @dataclass
@@ -145,9 +145,7 @@ def write_manifest(
     records: list[CleanRecord], rejected: list[Rejection], out_dir: Path
 ) -> pd.DataFrame:
     manifest = pd.DataFrame([asdict(r) for r in records], columns=list(CleanRecord.__annotations__))
-    with atomic_path(out_dir / "manifest.parquet") as tmp:
-        manifest.to_parquet(tmp, index=False)
+    write_parquet(manifest, out_dir / "manifest.parquet")
     rejections = pd.DataFrame([asdict(r) for r in rejected], columns=["path", "reason", "detail"])
-    with atomic_path(out_dir / "rejected.csv") as tmp:
-        rejections.to_csv(tmp, index=False)
+    write_csv(rejections, out_dir / "rejected.csv")
     return manifest

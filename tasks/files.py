@@ -1,12 +1,17 @@
-"""Atomic file writes: a crash never leaves a half-written artifact behind."""
+"""Atomic file writes (temp file + fsync + rename): a crash never leaves a half-written file."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pandas as pd
+import yaml
 
 
 @contextmanager
@@ -32,3 +37,28 @@ def write_bytes_atomic(dest: Path, data: bytes) -> None:
 
 def write_text_atomic(dest: Path, text: str) -> None:
     write_bytes_atomic(dest, text.encode())
+
+
+def fresh_dir(folder: Path) -> Path:
+    """Start a stage's output folder empty, as `dvc repro` does, so nothing stale is kept."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_yaml(data: dict, path: Path) -> None:
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_json(data: dict, path: Path) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -18,6 +18,8 @@ from params import TrainParams, TuneParams
 from tasks.train import EpochMetrics, TrainData, fit
 
 STUDY_NAME = "visiontune"
+# the train params the search explores; best_params.yaml carries exactly these
+TUNED_KEYS = ("lr", "weight_decay", "freeze_epochs")
 
 
 def storage_url(params: TuneParams, out_dir: Path) -> str:
@@ -100,6 +102,14 @@ def best_train_params(study: optuna.Study | None, base: TrainParams) -> TrainPar
     if not completed:
         return base
     return base.model_copy(update=study.best_params)
+
+
+def apply_best_params(best_params_yaml: Path, train: TrainParams) -> TrainParams:
+    """train.yaml overlaid with the tune stage's best values."""
+    import yaml
+
+    best = yaml.safe_load(best_params_yaml.read_text())
+    return train.model_copy(update={k: best[k] for k in TUNED_KEYS if k in best})
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:

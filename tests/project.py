@@ -40,7 +40,10 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     """A git + DVC repo holding this project's dvc.yaml, params and stage code."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("tasks", "flows"):  # dvc.yaml lists the stage code as deps
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     (root / "params").mkdir()
     for path in (REPO / "params").glob("*.yaml"):
         data = yaml.safe_load(path.read_text())

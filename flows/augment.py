@@ -1,0 +1,31 @@
+"""The augment stage's flow: params → saved albumentations pipelines + a preview grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow
+
+from flows.project import Project
+from params import AugmentParams, TrainParams
+from tasks.augment import build_pipelines, render_preview, save_pipeline
+from tasks.files import fresh_dir
+from tasks.model import preprocessing
+from tasks.report import publish_image
+
+
+@flow(name="augment", log_prints=True)
+def augment_flow(params: AugmentParams, train: TrainParams, root: str = ".") -> dict:
+    project = Project(Path(root))
+    split = pd.read_parquet(project.artifacts("split") / "split.parquet")
+    out = fresh_dir(project.artifacts("augment"))
+    model_mean, model_std = preprocessing(train.model)
+    mean = model_mean if params.mean == "auto" else params.mean
+    std = model_std if params.std == "auto" else params.std
+    train_pipe, eval_pipe = build_pipelines(params, mean, std)
+    save_pipeline(train_pipe, out / "train.yaml")
+    save_pipeline(eval_pipe, out / "eval.yaml")
+    render_preview(split, project.artifacts("clean"), params, out / "preview.png")
+    publish_image("augment-preview", out / "preview.png", "augmentation preview")
+    return {"image_size": params.image_size, "mean": list(mean), "std": list(std)}

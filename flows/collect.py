@@ -1,0 +1,25 @@
+"""The collect flow (outside the DAG): write images into data/ and version them with DVC."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect import flow
+
+from flows.project import Project
+from tasks.collect import dvc_add, write_items
+
+
+@flow(name="collect", log_prints=True)
+def collect_flow(items: Callable[[], list[tuple[str, str, bytes]]], root: str = ".") -> dict:
+    """`items` yields (label, file name, bytes); `dvc add data` runs only if something changed."""
+    project = Project(Path(root))
+    report = write_items(items(), project.data)
+    version = dvc_add(project.data) if (report.new or report.changed) else None
+    return {
+        "new": len(report.new),
+        "changed": len(report.changed),
+        "unchanged": report.unchanged,
+        "data_version": version,
+    }

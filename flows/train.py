@@ -1,0 +1,80 @@
+"""The train stage's flow: fine-tune with the tuned params, log curves, keep the best model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from dvclive import Live
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from flows.project import Project
+from params import TrainParams
+from tasks.curves import plot_curves
+from tasks.files import write_csv
+from tasks.report import publish_image, publish_markdown
+from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fingerprint
+from tasks.tune import TUNED_KEYS, apply_best_params
+
+
+@flow(name="train", log_prints=True)
+def train_flow(params: TrainParams, root: str = ".") -> dict:
+    project = Project(Path(root))
+    out = project.artifacts("train")
+    out.mkdir(parents=True, exist_ok=True)
+    params = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
+    data = project.train_data()
+    log = get_run_logger()
+    log.info(
+        "training %s on %d classes with %s",
+        params.model,
+        len(data.classes),
+        {k: getattr(params, k) for k in TUNED_KEYS},
+    )
+    progress = create_progress_artifact(0.0, key="train-progress", description="epochs")
+    resume = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data)) is not None
+    with Live(
+        dir=str(out / "live"), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None
+    ) as live:
+
+        def on_epoch(m: EpochMetrics) -> None:
+            for key, value in asdict(m).items():
+                if key not in ("epoch", "frozen") and value is not None:
+                    live.log_metric(key, value)
+            live.next_step()
+            log.info(
+                "epoch %d/%d%s train_loss=%.4f val_loss=%s val_accuracy=%s",
+                m.epoch + 1,
+                params.epochs,
+                " (head only)" if m.frozen else "",
+                m.train_loss,
+                f"{m.val_loss:.4f}" if m.val_loss is not None else "-",
+                f"{m.val_accuracy:.4f}" if m.val_accuracy is not None else "-",
+            )
+            update_progress_artifact(progress, 100.0 * (m.epoch + 1) / params.epochs)
+
+        result = fit(params, data, out_dir=out, on_epoch=on_epoch)
+    if result.resumed_from is not None:
+        log.info("resumed from the checkpoint after epoch %d", result.resumed_from)
+    history = pd.DataFrame([asdict(m) for m in result.history])
+    write_csv(history, out / "history.csv")
+    plot_curves(history, out / "curves.png")
+    best = result.best
+    summary = {
+        "best_epoch": result.best_epoch + 1,
+        "epochs_run": len(history),
+        "stopped_early": result.stopped_early,
+        "val_loss": best.val_loss if best else None,
+        "val_accuracy": best.val_accuracy if best else None,
+    }
+    publish_markdown(
+        "train-summary",
+        f"# train\n\n`{params.model}`, {len(data.classes)} classes\n\n"
+        + pd.Series(summary).to_frame("value").to_markdown()
+        + "\n\n"
+        + history.round(4).to_markdown(index=False),
+    )
+    publish_image("train-curves", out / "curves.png", "training curves")
+    return summary
