@@ -159,11 +159,17 @@ def run_fingerprint(params: TrainParams, data: TrainData) -> str:
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
-    """The checkpoint at `path` if it belongs to this run, else None."""
+    """The checkpoint at `path` if it is an unfinished run with these params and data.
+
+    A finished run is never resumed: DVC reruns the stage when the code
+    changed, and that must retrain rather than return the old model.
+    """
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return state if state.get("fingerprint") == fingerprint else None
+    if state.get("fingerprint") != fingerprint or state.get("finished"):
+        return None
+    return state
 
 
 def fit(
@@ -207,9 +213,6 @@ def fit(
             bad_epochs = state["bad_epochs"]
             start_epoch = state["epoch"] + 1
             result.resumed_from = start_epoch
-            if state.get("stopped"):
-                result.stopped_early = True
-                return result
 
     for epoch in range(start_epoch, params.epochs):
         frozen = epoch < params.freeze_epochs
@@ -271,7 +274,7 @@ def fit(
                     "best_epoch": result.best_epoch,
                     "best_val_loss": result.best_val_loss,
                     "bad_epochs": bad_epochs,
-                    "stopped": stop,
+                    "finished": stop or epoch + 1 == params.epochs,
                 },
                 ckpt_path,
             )

@@ -137,3 +137,19 @@ def test_training_is_reproducible(data):
     second = fit(params, data, show_progress=False).history
     assert [m.train_loss for m in first] == [m.train_loss for m in second]
     assert [m.val_loss for m in first] == [m.val_loss for m in second]
+
+
+def test_a_finished_run_is_retrained_not_resumed(data, tmp_path):
+    """A rerun after a code change (same params and data) must train again."""
+    params = TrainParams(**{**TINY, "epochs": 1, "freeze_epochs": 0})
+    fit(params, data, out_dir=tmp_path, show_progress=False)
+    epochs_run = []
+    result = fit(
+        params,
+        data,
+        out_dir=tmp_path,
+        on_epoch=lambda m: epochs_run.append(m.epoch),
+        show_progress=False,
+    )
+    assert result.resumed_from is None
+    assert epochs_run == [0]
