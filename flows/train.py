@@ -16,7 +16,7 @@ from tasks.curves import plot_curves
 from tasks.files import write_csv
 from tasks.report import publish_image, publish_markdown
 from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fingerprint
-from tasks.tune import TUNED_KEYS, apply_best_params
+from tasks.tune import apply_best_params
 
 
 @flow(name="train", log_prints=True)
@@ -24,14 +24,16 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
     out = project.artifacts("train")
     out.mkdir(parents=True, exist_ok=True)
-    params = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
+    tuned = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
+    changed = {k: v for k, v in tuned.model_dump().items() if v != getattr(params, k)}
+    params = tuned
     data = project.train_data()
     log = get_run_logger()
     log.info(
-        "training %s on %d classes with %s",
+        "training %s on %d classes; from the tune stage: %s",
         params.model,
         len(data.classes),
-        {k: getattr(params, k) for k in TUNED_KEYS},
+        changed or "nothing changed",
     )
     progress = create_progress_artifact(0.0, key="train-progress", description="epochs")
     resume = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data)) is not None

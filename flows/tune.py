@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,46 +11,70 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.project import Project
 from params import TrainParams, TuneParams
-from tasks.files import fresh_dir, write_csv, write_yaml
-from tasks.report import publish_markdown, publish_table
-from tasks.tune import TUNED_KEYS
+from tasks.files import write_csv, write_json, write_yaml
+from tasks.report import publish_image, publish_markdown, publish_table
+from tasks.tune import (
+    STUDY_DIR,
+    best_record,
+    passthrough_record,
+    run_search,
+    save_plots,
+    trials_table,
+)
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove last run's outputs but keep the study, so a killed search resumes."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in out.iterdir():
+        if path.name != STUDY_DIR:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (out / STUDY_DIR).mkdir(exist_ok=True)
 
 
 @flow(name="tune", log_prints=True)
 def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
-    out = fresh_dir(project.artifacts("tune"))
-    record: dict = {
-        "source": "params/train.yaml (n_trials: 0)",
-        **{k: getattr(train, k) for k in TUNED_KEYS},
-    }
-    if params.n_trials > 0:
-        from tasks.tune import best_train_params, run_study, trials_table
-
+    out = project.artifacts("tune")
+    _clear_outputs(out)
+    plots = out / "plots"
+    plots.mkdir()
+    if params.n_trials == 0:
+        record = passthrough_record(params, train)
+        write_csv(pd.DataFrame(columns=["number", "value", "state"]), out / "trials.csv")
+    else:
         log = get_run_logger()
         progress = create_progress_artifact(0.0, key="tune-progress", description="trials")
 
-        def on_trial(trial) -> None:
+        def on_trial(result: dict, finished: int) -> None:
             log.info(
-                "trial %d %s value=%s %s", trial.number, trial.state.name, trial.value, trial.params
+                "trial %d %s value=%s params=%s",
+                result["number"],
+                result["state"],
+                result["value"],
+                result["params"],
             )
-            update_progress_artifact(progress, 100.0 * (trial.number + 1) / params.n_trials)
+            update_progress_artifact(progress, min(100.0, 100.0 * finished / params.n_trials))
 
-        study = run_study(params, train, project.train_data(), out, on_trial=on_trial)
-        tuned = best_train_params(study, train)
+        study = run_search(params, train, project.train_data(), out, on_trial=on_trial)
+        record = best_record(study, params)
         table = trials_table(study)
         write_csv(table, out / "trials.csv")
-        publish_table("tune-trials", table, "Optuna trials")
-        completed = table[table["state"] == "COMPLETE"]
-        record = {
-            "source": "optuna",
-            **{k: getattr(tuned, k) for k in TUNED_KEYS},
-            "trials": len(table),
-            "completed": len(completed),
-            f"best_{params.metric}": study.best_value if len(completed) else None,
-        }
+        publish_table("tune-trials", table, f"Optuna trials of {study.study_name}")
+        for png in save_plots(study, plots):
+            publish_image(f"tune-{png.stem}", png, f"Optuna {png.stem}")
+        log.info("best %s=%.4f with %s", params.metric, study.best_value, study.best_params)
     write_yaml(record, out / "best_params.yaml")
+    write_json(
+        {k: v for k, v in record.items() if isinstance(v, int | float)}, out / "summary.json"
+    )
     publish_markdown(
-        "tune-summary", "# tune\n\n" + pd.Series(record).to_frame("value").to_markdown()
+        "tune-summary",
+        "# tune\n\n"
+        + pd.Series({k: v for k, v in record.items() if k != "params"})
+        .to_frame("value")
+        .to_markdown()
+        + "\n\n**params for train**\n\n"
+        + pd.Series(record["params"]).to_frame("value").to_markdown(),
     )
     return record

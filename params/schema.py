@@ -8,7 +8,7 @@ them as parameters so the UI renders typed forms.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -95,42 +95,104 @@ class TrainParams(_Params):
         return self
 
 
-class FloatRange(_Params):
-    low: float = Field(gt=0)
-    high: float = Field(gt=0)
-    log: bool = True
+class FloatDim(_Params):
+    type: Literal["float"] = "float"
+    low: float
+    high: float
+    log: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
+    def _ordered(self) -> FloatDim:
         if self.low > self.high:
             raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
         return self
 
+    def values(self) -> list:
+        return [self.low, self.high]
 
-class IntRange(_Params):
-    low: int = Field(ge=0)
-    high: int = Field(ge=0)
+
+class IntDim(_Params):
+    type: Literal["int"] = "int"
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
+    def _ordered(self) -> IntDim:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
         return self
 
+    def values(self) -> list:
+        return [self.low, self.high]
+
+
+class CategoricalDim(_Params):
+    type: Literal["categorical"] = "categorical"
+    choices: list[str | int | float | bool] = Field(min_length=1)
+
+    def values(self) -> list:
+        return list(self.choices)
+
+
+SearchDim = Annotated[FloatDim | IntDim | CategoricalDim, Field(discriminator="type")]
+
+
+def _default_space() -> dict[str, FloatDim | IntDim | CategoricalDim]:
+    return {
+        "lr": FloatDim(low=1e-3, high=1e-2, log=True),
+        "weight_decay": FloatDim(low=1e-6, high=1e-2, log=True),
+        "freeze_epochs": IntDim(low=0, high=1),
+    }
+
 
 class TuneParams(_Params):
-    """Optuna search over the train recipe; `n_trials: 0` passes train.yaml through."""
+    """Optuna search over train.yaml keys; `n_trials: 0` passes train.yaml through."""
 
-    n_trials: int = Field(0, ge=0)
+    n_trials: int = Field(0, ge=0, description="trials to finish (complete or pruned)")
+    n_jobs: int = Field(1, ge=1, description="trials running at once")
+    parallel: Literal["thread", "process"] = "thread"
     epochs: int = Field(2, ge=1, description="epochs per trial")
     timeout: float | None = Field(None, gt=0, description="seconds for the whole search")
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    storage: str | None = Field(None, description="Optuna RDB URL; default SQLite in artifacts")
+    storage: str | None = Field(
+        None,
+        description="Optuna RDB URL (sqlite:///…, postgresql://…) or journal:PATH; "
+        "default: SQLite under artifacts/tune/study/",
+    )
     seed: int = 0
-    lr: FloatRange = FloatRange(low=3e-4, high=1e-2)
-    weight_decay: FloatRange = FloatRange(low=1e-6, high=1e-2)
-    freeze_epochs: IntRange = IntRange(low=0, high=1)
-    pruner_warmup_epochs: int = Field(1, ge=0)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
+    grace_period: int = Field(30, ge=2, description="a RUNNING trial silent this long is failed")
+    max_retry: int = Field(1, ge=0, description="re-runs of a trial that failed or went stale")
+    space: dict[str, SearchDim] = Field(default_factory=_default_space)
+
+    @model_validator(mode="after")
+    def _space_fits_train_params(self) -> TuneParams:
+        for key, dim in self.space.items():
+            if key not in TrainParams.model_fields:
+                raise ValueError(f"space.{key}: not a key of train.yaml")
+            if key in ("epochs", "patience"):
+                raise ValueError(
+                    f"space.{key}: set by the tune stage (tune.epochs), not searchable"
+                )
+            for value in dim.values():
+                try:
+                    TrainParams.__pydantic_validator__.validate_assignment(
+                        TrainParams.model_construct(), key, value
+                    )
+                except ValidationError as exc:
+                    reason = exc.errors()[0]["msg"]
+                    raise ValueError(
+                        f"space.{key}: {value!r} is not a valid {key}: {reason}"
+                    ) from None
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError("grace_period must be longer than heartbeat_interval")
+        return self
 
 
 class EvaluateParams(_Params):
@@ -170,7 +232,8 @@ def load_params(model: type[P], path: Path) -> P:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            got = f" (got {err['input']!r})" if err["type"] != "missing" and err["loc"] else ""
-            lines.append(f"{path}: {key}: {err['msg']}{got}")
+            key = ".".join(str(p) for p in err["loc"])
+            got = f" (got {err['input']!r})" if err["type"] != "missing" and key else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {key + ': ' if key else ''}{msg}{got}")
         raise ParamsError("\n".join(lines)) from None
