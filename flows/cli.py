@@ -162,17 +162,54 @@ def check_params() -> None:
 
 
 @app.command()
-def serve(
-    cron: str = typer.Option("0 3 * * *", help="when to run the pipeline (cron, UTC)"),
-    name: str = typer.Option("scheduled-pipeline", help="the deployment's name"),
-) -> None:
-    """Serve the pipeline as a scheduled Prefect deployment from this machine (Ctrl-C stops)."""
+def tune() -> None:
+    """Run the Optuna search (and any stale stage before it); a killed search resumes."""
     from flows.pipeline import pipeline_flow
 
     project = _project()
     _validated(project)
-    console.print(f"serving deployment 'pipeline/{name}' on cron '{cron}'")
-    pipeline_flow.serve(name=name, cron=cron, parameters={"root": str(project.root)})
+    pipeline_flow(str(project.root), until="tune")
+    best = project.artifacts("tune") / "best_params.yaml"
+    if best.is_file():
+        console.print(f"[bold]{best.relative_to(project.root)}[/bold]\n" + best.read_text())
+    _print_ui(project)
+
+
+@app.command()
+def retrain() -> None:
+    """Collect (params/retrain.yaml), retrain if data changed, promote only a better model."""
+    from flows.retrain import retrain_flow
+
+    project = _project()
+    _validated(project)
+    try:
+        params = project.params("retrain")
+    except ParamsError as exc:
+        _fail(str(exc))
+    result = retrain_flow(params, str(project.root))
+    console.print(result.get("reason") or result["decision"])
+    _print_ui(project)
+
+
+@app.command()
+def serve(
+    cron: str = typer.Option("0 3 * * *", help="when to retrain (cron, UTC)"),
+    name: str = typer.Option("scheduled-retrain", help="the retrain deployment's name"),
+) -> None:
+    """Serve scheduled retraining (and an on-demand pipeline) from this machine; Ctrl-C stops."""
+    from prefect import serve as prefect_serve
+
+    from flows.pipeline import pipeline_flow
+    from flows.retrain import retrain_flow
+
+    project = _project()
+    _validated(project)
+    root = {"root": str(project.root)}
+    console.print(f"serving 'retrain/{name}' on cron '{cron}' and 'pipeline/on-demand'")
+    prefect_serve(
+        retrain_flow.to_deployment(name=name, cron=cron, parameters=root),
+        pipeline_flow.to_deployment(name="on-demand", parameters=root),
+    )
 
 
 @server_app.command("start")

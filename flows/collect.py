@@ -11,6 +11,17 @@ from flows.project import Project
 from tasks.collect import dvc_add, write_items
 
 
+def source_items(source: str, path: str | None = None) -> Callable[[], list]:
+    """A deferred reader of the named source: 'demo' or 'folder' (an ImageFolder tree)."""
+    from tasks.collect import demo_items, fetch_demo_package, folder_items
+
+    if source == "demo":
+        return lambda: demo_items(fetch_demo_package())
+    if source == "folder" and path:
+        return lambda: folder_items(Path(path))
+    raise ValueError(f"unknown collect source {source!r} (path={path!r})")
+
+
 @flow(name="collect", log_prints=True)
 def collect_flow(items: Callable[[], list[tuple[str, str, bytes]]], root: str = ".") -> dict:
     """`items` yields (label, file name, bytes); `dvc add data` runs only if something changed."""

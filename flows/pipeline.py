@@ -8,6 +8,7 @@ the UI. Stages whose cmd is not `visiontune stage <name>` run through DVC.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from pathlib import Path
@@ -60,8 +61,11 @@ def run_stage(project: Project, name: str) -> dict:
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(root: str = ".", force: bool = False) -> dict:
-    """Run every stale stage of dvc.yaml in dependency order and record it in dvc.lock."""
+def pipeline_flow(root: str = ".", force: bool = False, until: str | None = None) -> dict:
+    """Run every stale stage of dvc.yaml in dependency order and record it in dvc.lock.
+
+    With `until`, only that stage and the stages it depends on.
+    """
     import networkx as nx
     from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
@@ -71,8 +75,15 @@ def pipeline_flow(root: str = ".", force: bool = False) -> dict:
     project.validate_all()
     ran: dict[str, dict] = {}
     timings: dict[str, float] = {}
-    with Repo(str(project.root)) as repo, lock_repo(repo):
-        for stage in nx.dfs_postorder_nodes(repo.index.graph):
+    # DVC resolves stage targets against the working directory
+    with contextlib.chdir(project.root), Repo(str(project.root)) as repo, lock_repo(repo):
+        graph = repo.index.graph
+        start = None
+        if until is not None:
+            start = next((s for s in graph.nodes if s.addressing == until), None)
+            if start is None:
+                raise ValueError(f"no stage named {until!r} in dvc.yaml")
+        for stage in nx.dfs_postorder_nodes(graph, source=start):
             name = stage.addressing
             if not (force and isinstance(stage, PipelineStage)) and not stage.changed():
                 log.info("%s: up to date", name)

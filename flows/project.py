@@ -62,3 +62,8 @@ class Project:
     def validate_all(self) -> dict[str, _Params]:
         """Every stage's params, so a bad value fails before any stage starts."""
         return {stage: self.params(stage) for stage in STAGES}
+
+    @property
+    def models(self) -> Path:
+        """The model registry: registry.json and versions/v<N>/."""
+        return self.root / "models"

@@ -200,6 +200,26 @@ class EvaluateParams(_Params):
     top_k: int = Field(3, ge=1)
 
 
+class RetrainParams(_Params):
+    """Scheduled retraining: collect, retrain when data changed, promote only a better model."""
+
+    source: Literal["demo", "folder"] = "demo"
+    path: str | None = Field(None, description="the ImageFolder tree for source: folder")
+    metric: str = Field("accuracy", description="key of metrics.json that decides promotion")
+    higher_is_better: bool = True
+    margin: float = Field(
+        0.0, ge=0, description="promote only if the challenger beats the champion by more"
+    )
+    commit: bool = Field(False, description="git commit data.dvc, dvc.lock, registry; tag it")
+    push: bool = Field(False, description="`dvc push` data and models to the DVC remote")
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> RetrainParams:
+        if self.source == "folder" and not self.path:
+            raise ValueError("source: folder needs path: <ImageFolder tree>")
+        return self
+
+
 STAGE_MODELS: dict[str, type[_Params]] = {
     "clean": CleanParams,
     "split": SplitParams,
@@ -207,6 +227,7 @@ STAGE_MODELS: dict[str, type[_Params]] = {
     "tune": TuneParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "retrain": RetrainParams,
 }
 
 

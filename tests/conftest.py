@@ -36,9 +36,14 @@ def prefect_server():
     info = start_server(_PROJECT, port=_PORT)
     assert info.api_url == os.environ["PREFECT_API_URL"], "the chosen port was taken"
     yield info
-    stop_server(_PROJECT)
 
 
 def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    if "prefect" in sys.modules:  # send buffered logs while the server still runs
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
     stop_server(_PROJECT)
     shutil.rmtree(_ROOT, ignore_errors=True)

@@ -28,3 +28,17 @@ def test_expected_calibration_error():
     assert expected_calibration_error(confident_right, targets) == pytest.approx(0.0)
     confident_wrong = confident_right[:, ::-1]
     assert expected_calibration_error(confident_wrong, targets) == pytest.approx(1.0)
+
+
+def test_promotion_decision():
+    from params import RetrainParams
+    from tasks.registry import decide
+
+    params = RetrainParams(metric="f1_macro", margin=0.02)
+    assert decide({"f1_macro": 0.5}, None, params)[0]
+    assert decide({"f1_macro": 0.83}, {"f1_macro": 0.80}, params)[0]
+    promoted, reason = decide({"f1_macro": 0.81}, {"f1_macro": 0.80}, params)
+    assert not promoted and "gain +0.0100" in reason
+    loss = RetrainParams(metric="log_loss", higher_is_better=False)
+    assert decide({"log_loss": 0.4}, {"log_loss": 0.5}, loss)[0]
+    assert not decide({"log_loss": 0.6}, {"log_loss": 0.5}, loss)[0]

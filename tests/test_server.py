@@ -55,6 +55,9 @@ def test_serve_registers_a_scheduled_deployment(tmp_path, prefect_server):
         assert deployment is not None, "no deployment registered within 120 s"
         assert deployment.parameters["root"] == str(REPO)
         assert [s.schedule.cron for s in deployment.schedules] == ["0 4 * * *"]
+        with get_client(sync_client=True) as client:
+            flow = client.read_flow(deployment.flow_id)
+        assert flow.name == "retrain"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
