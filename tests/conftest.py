@@ -42,8 +42,8 @@ def pytest_sessionfinish(session, exitstatus):
     import sys
 
     if "prefect" in sys.modules:  # send buffered logs while the server still runs
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+        APILogWorker.drain_all(timeout=5)
     stop_server(_PROJECT)
     shutil.rmtree(_ROOT, ignore_errors=True)
