@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
+from flows.naming import stage_run_name
 from flows.project import Project
 from params import AugmentParams, TrainParams
 from tasks.augment import build_pipelines, render_preview, save_pipeline
@@ -15,7 +16,7 @@ from tasks.model import preprocessing
 from tasks.report import publish_image
 
 
-@flow(name="augment", log_prints=True)
+@flow(name="augment", flow_run_name=stage_run_name("augment"), log_prints=True)
 def augment_flow(params: AugmentParams, train: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
     split = pd.read_parquet(project.artifacts("split") / "split.parquet")

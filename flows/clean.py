@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, get_run_logger
 
+from flows.naming import stage_run_name
 from flows.project import Project
 from params import CleanParams
 from tasks.clean import clean_images, write_manifest
@@ -14,7 +15,7 @@ from tasks.files import fresh_dir
 from tasks.report import publish_markdown, publish_table
 
 
-@flow(name="clean", log_prints=True)
+@flow(name="clean", flow_run_name=stage_run_name("clean"), log_prints=True)
 def clean_flow(params: CleanParams, root: str = ".") -> dict:
     project = Project(Path(root))
     out = fresh_dir(project.artifacts("clean"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.naming import stage_run_name
 from flows.project import Project
 from tasks.collect import dvc_add, write_items
 
@@ -22,7 +23,7 @@ def source_items(source: str, path: str | None = None) -> Callable[[], list]:
     raise ValueError(f"unknown collect source {source!r} (path={path!r})")
 
 
-@flow(name="collect", log_prints=True)
+@flow(name="collect", flow_run_name=stage_run_name("collect"), log_prints=True)
 def collect_flow(items: Callable[[], list[tuple[str, str, bytes]]], root: str = ".") -> dict:
     """`items` yields (label, file name, bytes); `dvc add data` runs only if something changed."""
     project = Project(Path(root))

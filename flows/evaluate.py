@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from prefect import flow
 
+from flows.naming import stage_run_name
 from flows.project import Project
 from params import EvaluateParams
 from tasks.dataset import CachedImages, make_loader
@@ -18,7 +19,7 @@ from tasks.report import publish_image, publish_markdown, publish_table
 from tasks.train import MODEL, load_model, predict_logits
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=stage_run_name("evaluate"), log_prints=True)
 def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
     project = Project(Path(root))
     out = fresh_dir(project.artifacts("evaluate"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.naming import stage_run_name
 from flows.project import STAGES, Project
 
 
@@ -60,7 +61,7 @@ def run_stage(project: Project, name: str) -> dict:
     raise ValueError(f"unknown stage {name!r}")
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", flow_run_name=stage_run_name("pipeline"), log_prints=True)
 def pipeline_flow(root: str = ".", force: bool = False, until: str | None = None) -> dict:
     """Run every stale stage of dvc.yaml in dependency order and record it in dvc.lock.
 

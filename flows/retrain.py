@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 from flows.collect import collect_flow, source_items
+from flows.naming import stage_run_name
 from flows.pipeline import pipeline_flow
 from flows.project import Project
 from params import RetrainParams
@@ -31,7 +32,7 @@ def _publish(decision: Decision | None, message: str) -> None:
     publish_markdown("retrain-decision", body, description=message)
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", flow_run_name=stage_run_name("retrain"), log_prints=True)
 def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
     """Params default to params/retrain.yaml, read when the run starts."""
     project = Project(Path(root).resolve())

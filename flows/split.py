@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
+from flows.naming import stage_run_name
 from flows.project import Project
 from params import SplitParams
 from tasks.files import fresh_dir, write_csv, write_parquet
@@ -14,7 +15,7 @@ from tasks.report import publish_markdown
 from tasks.split import SPLITS, split_counts, split_task
 
 
-@flow(name="split", log_prints=True)
+@flow(name="split", flow_run_name=stage_run_name("split"), log_prints=True)
 def split_flow(params: SplitParams, root: str = ".") -> dict:
     project = Project(Path(root))
     manifest = pd.read_parquet(project.artifacts("clean") / "manifest.parquet")

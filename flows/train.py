@@ -10,6 +10,7 @@ from dvclive import Live
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows.naming import stage_run_name
 from flows.project import Project
 from params import TrainParams
 from tasks.curves import plot_curves
@@ -19,7 +20,7 @@ from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fing
 from tasks.tune import apply_best_params
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name=stage_run_name("train"), log_prints=True)
 def train_flow(params: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
     out = project.artifacts("train")

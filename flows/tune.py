@@ -9,6 +9,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows.naming import stage_run_name
 from flows.project import Project
 from params import TrainParams, TuneParams
 from tasks.files import write_csv, write_json, write_yaml
@@ -32,7 +33,7 @@ def _clear_outputs(out: Path) -> None:
     (out / STUDY_DIR).mkdir(exist_ok=True)
 
 
-@flow(name="tune", log_prints=True)
+@flow(name="tune", flow_run_name=stage_run_name("tune"), log_prints=True)
 def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
     out = project.artifacts("tune")

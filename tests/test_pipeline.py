@@ -96,6 +96,9 @@ def test_prefect_recorded_the_pipeline_and_its_stage_subflows(ran_project):
                 if parent.flow_run_id == first.id:
                     stage_runs[names[r.flow_id]] = r
         assert set(stage_runs) == set(STAGES)
+        data = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"][:8]
+        for name, r in stage_runs.items():
+            assert r.name.startswith(f"{name} · data {data} · params "), r.name
         assert all(r.state.is_completed() for r in [first, *stage_runs.values()])
         run_ids = {r.id for r in stage_runs.values()}
         keys = {a.key for a in client.read_artifacts() if a.flow_run_id in run_ids}
