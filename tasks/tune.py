@@ -158,6 +158,10 @@ def trial_task(
     study = open_study(tune, make_storage(tune, out_dir), name)
     if finished_trials(study) >= tune.n_trials:
         return None
+    # every call builds a fresh sampler: seed it per slot and study size, or each
+    # one would draw the same "random" startup point
+    existing = len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=tune.seed + 7919 * existing + 104729 * slot)
     remaining = None if deadline is None else deadline - time.time()
     if remaining is not None and remaining <= 0:
         return None

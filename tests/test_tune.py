@@ -67,6 +67,7 @@ def test_parallel_trials_run_and_a_rerun_continues_the_same_study(data, tmp_path
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len([t for t in finished if t.state != optuna.trial.TrialState.FAIL]) == 3
     assert {r["number"] for r in seen} <= {t.number for t in study.trials}
+    assert len({t.params["lr"] for t in study.trials}) == len(study.trials)  # not one point
     first_numbers = {t.number: t.params for t in study.trials}
 
     more = run_search(tune.model_copy(update={"n_trials": 4}), TINY_TRAIN, data, tmp_path)
