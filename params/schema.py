@@ -19,15 +19,32 @@ class _Params(BaseModel):
 
 
 class CleanParams(_Params):
-    """Decode, orient, convert and resize every raw image into the cache."""
+    """Decode, orient, convert and resize every raw image into the cache; reject the unusable."""
 
     max_side: int = Field(128, ge=16, le=4096, description="longest side of cached images (px)")
     min_side: int = Field(8, ge=1, description="images with a shorter side are rejected")
+    max_aspect_ratio: float = Field(
+        10.0, ge=1, description="longest / shortest side above this is rejected (aspect_ratio)"
+    )
     background: tuple[int, int, int] = Field(
         (255, 255, 255), description="RGB colour that transparent pixels are composited on"
     )
     max_pixels: int = Field(
         89_478_485, ge=1, description="decompression-bomb limit (Pillow's default)"
+    )
+    near_duplicates: Literal["group", "keep_one", "off"] = Field(
+        "group",
+        description="group: keep all, split keeps each group together; "
+        "keep_one: keep the first path of each group, reject the rest",
+    )
+    phash_threshold: int = Field(
+        4, ge=0, le=32, description="near-duplicates differ in at most this many pHash bits"
+    )
+    classes: list[str] | None = Field(
+        None, description="allowed labels (folder names or original labels); others rejected"
+    )
+    imbalance_ratio: float = Field(
+        3.0, ge=1, description="warn when the largest class has this many times the smallest"
     )
 
 

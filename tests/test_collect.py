@@ -2,7 +2,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.collect import safe_label
+from tasks.sources import safe_label
 from tests.conftest import REPO
 from tests.images import write_image_folder
 from tests.project import make_project, sh
