@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Params(BaseModel):
@@ -49,12 +56,16 @@ class CleanParams(_Params):
 
 
 class SplitParams(_Params):
-    """Stable, stratified train/val/test assignment."""
+    """Stable, stratified train/val/test assignment, optionally with k folds over train+val."""
 
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, ge=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     seed: int = 0
+    group_by: str | None = Field(
+        None, description="a manifest column (e.g. from a collect manifest) kept in one split"
+    )
+    folds: int = Field(0, ge=0, le=100, description="k-fold assignment over train+val (0: none)")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
@@ -62,6 +73,13 @@ class SplitParams(_Params):
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1.0, got {total:g}")
         return self
+
+    @field_validator("folds")
+    @classmethod
+    def _no_single_fold(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("folds must be 0 (no cross-validation) or at least 2")
+        return folds
 
 
 class AugmentParams(_Params):
