@@ -83,10 +83,11 @@ def _print_collect(result: dict) -> None:
         console.print(table)
     changes = result["since_last"]
     if changes is not None:
+        images = {kind: [p for p in paths if "/" in p] for kind, paths in changes.items()}
         console.print(
             f"since the last version ({result['previous_version'] or 'none'}): "
-            f"{len(changes['added'])} added, {len(changes['modified'])} modified, "
-            f"{len(changes['deleted'])} deleted file(s)"
+            f"{len(images['added'])} added, {len(images['modified'])} modified, "
+            f"{len(images['deleted'])} deleted image(s)"
         )
         if result["by_class"]:
             table = Table(title="changes per class")

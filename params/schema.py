@@ -8,7 +8,7 @@ them as parameters so the UI renders typed forms.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -83,17 +83,51 @@ class SplitParams(_Params):
 
 
 class AugmentParams(_Params):
-    """Albumentations pipelines; `mean`/`std` 'auto' follow the model in train.yaml."""
+    """Albumentations pipelines and the class-balance plan.
+
+    Train: RandomResizedCrop to `image_size`, then the preset's transforms (or
+    `custom` ones), then the model's normalisation. `mean`/`std` 'auto' follow
+    the model in train.yaml.
+    """
 
     image_size: int = Field(96, ge=16, le=1024, description="side of the square model input")
-    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
-    rotate_limit: int = Field(15, ge=0, le=180, description="max rotation in degrees")
     scale_min: float = Field(0.7, gt=0, le=1, description="RandomResizedCrop's smallest area")
-    color_jitter: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation")
+    preset: Literal["light", "strong", "custom"] = Field(
+        "light", description="light | strong | custom (the `custom` list)"
+    )
+    custom: list[dict[str, dict[str, Any] | None]] = Field(
+        default_factory=list,
+        description="albumentations transforms by name: [{Name: {argument: value}}, …]",
+    )
     mean: tuple[float, float, float] | Literal["auto"] = "auto"
     std: tuple[float, float, float] | Literal["auto"] = "auto"
     preview_per_class: int = Field(4, ge=1, le=32)
+    balance: Literal["none", "weighted_sampler", "class_weights", "oversample"] = Field(
+        "none", description="how training evens out class sizes (artifacts/augment/balance.json)"
+    )
     seed: int = 0
+
+    @field_validator("custom")
+    @classmethod
+    def _known_transforms(
+        cls, custom: list[dict[str, dict[str, Any] | None]]
+    ) -> list[dict[str, dict[str, Any] | None]]:
+        if custom:  # imports albumentations (seconds): only when there is something to check
+            from tasks.transforms import check_specs
+
+            check_specs(custom)
+        return custom
+
+    @model_validator(mode="after")
+    def _custom_needs_its_preset(self) -> AugmentParams:
+        if self.preset == "custom" and not self.custom:
+            raise ValueError("preset: custom needs a non-empty `custom` list of transforms")
+        if self.preset != "custom" and self.custom:
+            raise ValueError(
+                f"`custom` transforms are ignored by preset {self.preset!r}: "
+                "set preset: custom, or remove them"
+            )
+        return self
 
 
 class TrainParams(_Params):

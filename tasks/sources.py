@@ -115,7 +115,7 @@ def inside(path: Path, root: Path) -> bool:
 
 
 def resolve_within(raw: str, root: Path) -> tuple[Path | None, Refusal | None]:
-    """The real file a manifest entry names, if it stays inside `root` (already resolved).
+    """The file a manifest entry names (as written, normalised), if it stays inside `root`.
 
     `../`, absolute paths outside the root, and symlinks whose target is outside
     the root are refused; relative paths resolve against the root.
@@ -132,7 +132,7 @@ def resolve_within(raw: str, root: Path) -> tuple[Path | None, Refusal | None]:
         return None, Refusal(raw, "missing", "no such file")
     if not real.is_file():
         return None, Refusal(raw, "not_a_file", "not a regular file")
-    return real, None
+    return lexical, None
 
 
 def demo_items(
@@ -185,14 +185,14 @@ def folder_items(root: Path) -> tuple[list[SourceItem], list[Refusal]]:
                     )
             for name in sorted(f for f in files if not f.startswith(".")):
                 path = here / name
-                real, refusal = resolve_within(str(path), root)
+                found, refusal = resolve_within(str(path), root)
                 if refusal:
                     refused.append(refusal)
                     continue
                 rel = path.relative_to(label_dir).as_posix().replace("/", "__")
                 items.append(
                     SourceItem(
-                        label=label_dir.name, name=safe_name(rel), origin=str(path), path=real
+                        label=label_dir.name, name=safe_name(rel), origin=str(path), path=found
                     )
                 )
     if not items and not refused:
@@ -248,12 +248,12 @@ def manifest_items(path: Path) -> tuple[list[SourceItem], list[Refusal]]:
             refused.append(Refusal(source, "no_label", "the label cell is empty"))
             continue
         if where:
-            real, refusal = resolve_within(where, root)
+            found, refusal = resolve_within(where, root)
             if refusal:
                 refused.append(refusal)
                 continue
-            rel = real.relative_to(root).as_posix().replace("/", "__")  # type: ignore[union-attr]
-            items.append(SourceItem(label, safe_name(rel), source, path=real, extra=extra))
+            rel = found.relative_to(root).as_posix().replace("/", "__")  # type: ignore[union-attr]
+            items.append(SourceItem(label, safe_name(rel), source, path=found, extra=extra))
         else:
             refusal = check_url(url)
             if refusal:
