@@ -18,6 +18,8 @@ from tasks.collect import (
     data_version,
     dvc_add,
     fetch_demo_package,
+    file_sha256,
+    record,
     remove_empty_folders,
     remove_stale_temps,
     update_records,
@@ -58,8 +60,6 @@ def download_items(
     items: list[SourceItem], data_dir: Path, limits: DownloadLimits
 ) -> CollectReport:
     """Download URL items that are not in data/ yet, concurrently, each a retried Prefect task."""
-    from tasks.collect import file_sha256, record
-
     report = CollectReport()
     pending = []
     fetch = download_task(limits)

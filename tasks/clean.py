@@ -45,6 +45,7 @@ from tasks import decode as decode_module
 from tasks.decode import Decoded, RejectedImage, decode
 from tasks.duplicates import near_duplicate_components
 from tasks.files import write_bytes_atomic, write_csv, write_parquet
+from tasks.sources import SOURCES_FILE, safe_label
 
 CACHE_INDEX = "cache_index.parquet"
 IMAGES = "images"
@@ -185,11 +186,9 @@ def save_index(index: dict[str, CacheEntry], out_dir: Path) -> None:
 
 
 def allowed_labels(params: CleanParams) -> set[str] | None:
-    from tasks.sources import safe_label
-
     if params.classes is None:
         return None
-    return {c for c in params.classes} | {safe_label(c) for c in params.classes}
+    return set(params.classes) | {safe_label(c) for c in params.classes}
 
 
 def apply_rules(
@@ -372,8 +371,6 @@ def clean_images(
 def source_columns(data_dir: Path) -> pd.DataFrame | None:
     """data/sources.csv (written by collect) as columns to join on `path`: source, original
     label and any extra manifest columns such as `group`."""
-    from tasks.collect import SOURCES_FILE
-
     path = data_dir / SOURCES_FILE
     if not path.is_file():
         return None

@@ -23,10 +23,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.files import atomic_path, write_bytes_atomic, write_text_atomic
-from tasks.sources import DEMO_PACKAGE, DEMO_VERSION, Refusal, SourceItem
+from tasks.sources import (
+    DEMO_PACKAGE,
+    DEMO_VERSION,
+    LABELS_FILE,
+    SOURCES_FILE,
+    Refusal,
+    SourceItem,
+    safe_label,
+)
 
-LABELS_FILE = "labels.csv"
-SOURCES_FILE = "sources.csv"
 SOURCE_COLUMNS = ["path", "label", "source", "sha256"]
 log = logging.getLogger(__name__)
 
@@ -148,8 +154,6 @@ def update_records(data_dir: Path, records: list[dict[str, str]]) -> bool:
     Rows of files that are no longer in data/ are dropped; a later collect of the
     same file replaces its row.
     """
-    from tasks.sources import safe_label
-
     old = _read_csv(data_dir / SOURCES_FILE)
     rows = {r["path"]: r for r in old.to_dict(orient="records")}
     rows.update({r["path"]: r for r in records})

@@ -39,6 +39,9 @@ RESERVED_COLUMNS = frozenset(
     | {"bytes", "width", "height", "cache", "phash", "mode", "dup_group", "split", "fold"}
 )
 MAX_NAME = 120
+# The two tables collect keeps in data/ beside the images (see tasks/collect.py).
+LABELS_FILE = "labels.csv"
+SOURCES_FILE = "sources.csv"
 
 
 @dataclass(frozen=True)
