@@ -110,5 +110,5 @@ def test_a_single_fold_is_a_params_error(tmp_path):
 
     path = tmp_path / "split.yaml"
     path.write_text("folds: 1\n")
-    with pytest.raises(ParamsError, match=r"split.yaml: folds: Value error, folds must be 0"):
+    with pytest.raises(ParamsError, match=r"split.yaml: folds: folds must be 0"):
         load_params(SplitParams, path)
