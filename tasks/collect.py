@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -32,6 +31,7 @@ from tasks.sources import (
     SourceItem,
     safe_label,
 )
+from tasks.versioning import data_version
 
 SOURCE_COLUMNS = ["path", "label", "source", "sha256"]
 log = logging.getLogger(__name__)
@@ -183,14 +183,6 @@ def update_records(data_dir: Path, records: list[dict[str, str]]) -> bool:
                 folder,
             )
     return _write_if_changed(labels[["folder", "label"]], data_dir / LABELS_FILE) or changed
-
-
-def data_version(root: Path) -> str | None:
-    """The dataset hash data.dvc records now, or None before the first `dvc add`."""
-    dvc_file = root / "data.dvc"
-    if not dvc_file.is_file():
-        return None
-    return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
 
 
 @task(name="dvc-add-data", cache_policy=NO_CACHE)
