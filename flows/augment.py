@@ -1,4 +1,4 @@
-"""The augment stage's flow: params → saved albumentations pipelines + a preview grid."""
+"""The augment stage's flow: params → saved albumentations pipelines, a preview, a balance plan."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from flows.naming import stage_run_name
 from flows.project import Project
 from params import AugmentParams, TrainParams
 from tasks.augment import build_pipelines, render_preview, save_pipeline
-from tasks.files import fresh_dir
+from tasks.balance import balance_plan, plan_table
+from tasks.files import fresh_dir, write_json
 from tasks.model import preprocessing
-from tasks.report import publish_image
+from tasks.report import publish_image, publish_markdown
 
 
 @flow(name="augment", flow_run_name=stage_run_name("augment"), log_prints=True)
@@ -27,6 +28,18 @@ def augment_flow(params: AugmentParams, train: TrainParams, root: str = ".") -> 
     train_pipe, eval_pipe = build_pipelines(params, mean, std)
     save_pipeline(train_pipe, out / "train.yaml")
     save_pipeline(eval_pipe, out / "eval.yaml")
+    plan = balance_plan(split, params.balance)
+    write_json(plan, out / "balance.json")
     render_preview(split, project.artifacts("clean"), params, out / "preview.png")
     publish_image("augment-preview", out / "preview.png", "augmentation preview")
-    return {"image_size": params.image_size, "mean": list(mean), "std": list(std)}
+    publish_markdown(
+        "augment-balance",
+        f"# class balance: `{params.balance}`\n\n" + plan_table(plan).to_markdown(index=False),
+    )
+    return {
+        "image_size": params.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "preset": params.preset,
+        "balance": params.balance,
+    }

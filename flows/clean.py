@@ -1,36 +1,98 @@
-"""The clean stage's flow: raw data/ → decoded, resized cache + manifest + rejections."""
+"""The clean stage's flow: raw data/ → decoded, resized cache + manifest + rejections.
+
+The output folder is not emptied first: it holds the incremental cache (see
+tasks/clean.py), and dvc.yaml declares it `persist: true` for the same reason.
+Files the stage does not own are removed, so nothing stale is left.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.naming import stage_run_name
 from flows.project import Project
 from params import CleanParams
-from tasks.clean import clean_images, write_manifest
-from tasks.files import fresh_dir
+from tasks.clean import (
+    OWN_FILES,
+    class_table,
+    clean_task,
+    imbalance_warning,
+    write_manifest,
+)
+from tasks.files import write_csv
 from tasks.report import publish_markdown, publish_table
+
+
+def keep_only_own_files(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for path in out.iterdir():
+        if path.name not in OWN_FILES:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return out
 
 
 @flow(name="clean", flow_run_name=stage_run_name("clean"), log_prints=True)
 def clean_flow(params: CleanParams, root: str = ".") -> dict:
+    log = get_run_logger()
     project = Project(Path(root))
-    out = fresh_dir(project.artifacts("clean"))
-    records, rejected = clean_images(project.data, out, params)
-    manifest = write_manifest(records, rejected, out)
-    counts = manifest.groupby("label").size().rename("images").reset_index()
-    reasons = pd.Series([r.reason for r in rejected], dtype=str).value_counts()
+    out = keep_only_own_files(project.artifacts("clean"))
+    progress = create_progress_artifact(0.0, key="clean-progress", description="decoding")
+    step = {"last": 0.0}
+
+    def on_progress(done: int, total: int) -> None:
+        percent = 100.0 * done / total
+        if percent - step["last"] >= 5 or done == total:
+            step["last"] = percent
+            update_progress_artifact(progress, percent)
+
+    result = clean_task(project.data, out, params, on_progress)
+    manifest = write_manifest(result.records, result.rejected, out, project.data)
+    classes = class_table(result)
+    write_csv(classes, out / "classes.csv")
+    reasons = (
+        pd.Series([r.reason for r in result.rejected], dtype=str)
+        .value_counts()
+        .rename_axis("reason")
+        .rename("files")
+        .reset_index()
+    )
+    total = sum(result.raw_counts.values())
+    print(
+        f"clean: decoded {len(result.processed)} of {total} file(s) "
+        f"({total - len(result.processed)} from the cache); kept {len(manifest)}, "
+        f"rejected {len(result.rejected)}"
+    )
+    warnings = []
+    empty = classes.loc[classes["kept"] == 0, "label"].tolist()
+    if empty:
+        warnings.append(f"class(es) {empty} have no usable image left after cleaning")
+    imbalance = imbalance_warning(classes, params.imbalance_ratio)
+    if imbalance:
+        warnings.append(imbalance)
+    for message in warnings:
+        log.warning(message)
     publish_markdown(
         "clean-summary",
-        f"# clean\n\nkept **{len(records)}** images in **{len(counts)}** classes, "
-        f"rejected **{len(rejected)}**.\n\n"
-        + (reasons.rename("files").to_frame().to_markdown() + "\n\n" if len(reasons) else "")
-        + counts.to_markdown(index=False),
+        f"# clean\n\nkept **{len(manifest)}** images in **{(classes['kept'] > 0).sum()}** "
+        f"classes, rejected **{len(result.rejected)}**; decoded **{len(result.processed)}** "
+        f"file(s), the other {total - len(result.processed)} came from the cache.\n\n"
+        + "".join(f"> **warning:** {m}\n\n" for m in warnings)
+        + "## rejections per reason\n\n"
+        + (reasons.to_markdown(index=False) if len(reasons) else "none")
+        + "\n\n## per class, before and after\n\n"
+        + classes.to_markdown(index=False),
     )
-    if rejected:
+    if result.rejected:
         publish_table("clean-rejected", pd.read_csv(out / "rejected.csv"), "rejected files")
-        get_run_logger().warning("%d file(s) rejected: see %s", len(rejected), out / "rejected.csv")
-    return {"kept": len(records), "rejected": len(rejected), "classes": len(counts)}
+        log.warning("%d file(s) rejected: see %s", len(result.rejected), out / "rejected.csv")
+    return {
+        "kept": len(manifest),
+        "rejected": len(result.rejected),
+        "classes": int((classes["kept"] > 0).sum()),
+        "decoded": len(result.processed),
+    }

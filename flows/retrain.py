@@ -14,7 +14,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from flows.collect import collect_flow, source_items
+from flows.collect import run_collect
 from flows.naming import stage_run_name
 from flows.pipeline import pipeline_flow
 from flows.project import Project
@@ -39,7 +39,7 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
     params = params or project.params("retrain")  # type: ignore[assignment]
     log = get_run_logger()
     before = data_version(project.root)
-    collect_flow(source_items(params.source, params.path), str(project.root))
+    run_collect(params.source, params.path or "", str(project.root))
     after = data_version(project.root)
     registry = read_registry(project.models)
     if after == before and registry.champion is not None:

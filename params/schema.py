@@ -8,10 +8,17 @@ them as parameters so the UI renders typed forms.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Params(BaseModel):
@@ -19,25 +26,46 @@ class _Params(BaseModel):
 
 
 class CleanParams(_Params):
-    """Decode, orient, convert and resize every raw image into the cache."""
+    """Decode, orient, convert and resize every raw image into the cache; reject the unusable."""
 
     max_side: int = Field(128, ge=16, le=4096, description="longest side of cached images (px)")
     min_side: int = Field(8, ge=1, description="images with a shorter side are rejected")
+    max_aspect_ratio: float = Field(
+        10.0, ge=1, description="longest / shortest side above this is rejected (aspect_ratio)"
+    )
     background: tuple[int, int, int] = Field(
         (255, 255, 255), description="RGB colour that transparent pixels are composited on"
     )
     max_pixels: int = Field(
         89_478_485, ge=1, description="decompression-bomb limit (Pillow's default)"
     )
+    near_duplicates: Literal["group", "keep_one", "off"] = Field(
+        "group",
+        description="group: keep all, split keeps each group together; "
+        "keep_one: keep the first path of each group, reject the rest",
+    )
+    phash_threshold: int = Field(
+        4, ge=0, le=32, description="near-duplicates differ in at most this many pHash bits"
+    )
+    classes: list[str] | None = Field(
+        None, description="allowed labels (folder names or original labels); others rejected"
+    )
+    imbalance_ratio: float = Field(
+        3.0, ge=1, description="warn when the largest class has this many times the smallest"
+    )
 
 
 class SplitParams(_Params):
-    """Stable, stratified train/val/test assignment."""
+    """Stable, stratified train/val/test assignment, optionally with k folds over train+val."""
 
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, ge=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     seed: int = 0
+    group_by: str | None = Field(
+        None, description="a manifest column (e.g. from a collect manifest) kept in one split"
+    )
+    folds: int = Field(0, ge=0, le=100, description="k-fold assignment over train+val (0: none)")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
@@ -46,19 +74,60 @@ class SplitParams(_Params):
             raise ValueError(f"train + val + test must be 1.0, got {total:g}")
         return self
 
+    @field_validator("folds")
+    @classmethod
+    def _no_single_fold(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("folds must be 0 (no cross-validation) or at least 2")
+        return folds
+
 
 class AugmentParams(_Params):
-    """Albumentations pipelines; `mean`/`std` 'auto' follow the model in train.yaml."""
+    """Albumentations pipelines and the class-balance plan.
+
+    Train: RandomResizedCrop to `image_size`, then the preset's transforms (or
+    `custom` ones), then the model's normalisation. `mean`/`std` 'auto' follow
+    the model in train.yaml.
+    """
 
     image_size: int = Field(96, ge=16, le=1024, description="side of the square model input")
-    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
-    rotate_limit: int = Field(15, ge=0, le=180, description="max rotation in degrees")
     scale_min: float = Field(0.7, gt=0, le=1, description="RandomResizedCrop's smallest area")
-    color_jitter: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation")
+    preset: Literal["light", "strong", "custom"] = Field(
+        "light", description="light | strong | custom (the `custom` list)"
+    )
+    custom: list[dict[str, dict[str, Any] | None]] = Field(
+        default_factory=list,
+        description="albumentations transforms by name: [{Name: {argument: value}}, …]",
+    )
     mean: tuple[float, float, float] | Literal["auto"] = "auto"
     std: tuple[float, float, float] | Literal["auto"] = "auto"
     preview_per_class: int = Field(4, ge=1, le=32)
+    balance: Literal["none", "weighted_sampler", "class_weights", "oversample"] = Field(
+        "none", description="how training evens out class sizes (artifacts/augment/balance.json)"
+    )
     seed: int = 0
+
+    @field_validator("custom")
+    @classmethod
+    def _known_transforms(
+        cls, custom: list[dict[str, dict[str, Any] | None]]
+    ) -> list[dict[str, dict[str, Any] | None]]:
+        if custom:  # imports albumentations (seconds): only when there is something to check
+            from tasks.transforms import check_specs
+
+            check_specs(custom)
+        return custom
+
+    @model_validator(mode="after")
+    def _custom_needs_its_preset(self) -> AugmentParams:
+        if self.preset == "custom" and not self.custom:
+            raise ValueError("preset: custom needs a non-empty `custom` list of transforms")
+        if self.preset != "custom" and self.custom:
+            raise ValueError(
+                f"`custom` transforms are ignored by preset {self.preset!r}: "
+                "set preset: custom, or remove them"
+            )
+        return self
 
 
 class TrainParams(_Params):

@@ -8,38 +8,42 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
-import cv2
 import numpy as np
 import pandas as pd
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
 from params import AugmentParams
+from tasks.transforms import PRESETS, build_transforms
 
-WHITE = (255, 255, 255)
+
+class PipelineError(ValueError):
+    pass
 
 
-def geometric_and_colour(params: AugmentParams) -> list[A.BasicTransform]:
+def random_steps(params: AugmentParams) -> list[A.BasicTransform]:
     """The random part of the train pipeline (also what the preview shows)."""
     size = (params.image_size, params.image_size)
-    steps: list[A.BasicTransform] = [
+    specs = params.custom if params.preset == "custom" else PRESETS[params.preset]
+    return [
         A.RandomResizedCrop(size=size, scale=(params.scale_min, 1.0), p=1.0),
+        *build_transforms(specs),
     ]
-    if params.hflip > 0:
-        steps.append(A.HorizontalFlip(p=params.hflip))
-    if params.rotate_limit > 0:
-        steps.append(
-            A.Rotate(
-                limit=params.rotate_limit,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=WHITE,
-                p=0.5,
+
+
+def check_output_size(steps: list[A.BasicTransform], params: AugmentParams) -> None:
+    """Custom transforms that change the image size would break batching: say so now."""
+    size = params.image_size
+    probe = A.Compose(steps, seed=params.seed)
+    image = np.full((size + 7, size + 3, 3), 127, np.uint8)
+    for _ in range(8):
+        shape = probe(image=image)["image"].shape[:2]
+        if shape != (size, size):
+            raise PipelineError(
+                f"params/augment.yaml custom: the transforms turn a {size}x{size} crop into "
+                f"{shape[1]}x{shape[0]}; they must keep image_size (drop or resize after the "
+                "size-changing transform)"
             )
-        )
-    if params.color_jitter > 0:
-        j = params.color_jitter
-        steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
-    return steps
 
 
 def build_pipelines(
@@ -48,7 +52,10 @@ def build_pipelines(
     """(train, eval) pipelines: both end in the model's normalisation and a CHW tensor."""
     tail = [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     size = (params.image_size, params.image_size)
-    train = A.Compose([*geometric_and_colour(params), *tail], seed=params.seed)
+    steps = random_steps(params)
+    if params.preset == "custom":
+        check_output_size(steps, params)
+    train = A.Compose([*steps, *tail], seed=params.seed)
     evaluation = A.Compose(
         [
             A.SmallestMaxSize(max_size=params.image_size, p=1.0),
@@ -86,7 +93,7 @@ def render_preview(
 
     from tasks.files import atomic_path
 
-    preview = A.Compose(geometric_and_colour(params), seed=params.seed)
+    preview = A.Compose(random_steps(params), seed=params.seed)
     train = split[split["split"] == "train"]
     labels = sorted(train["label"].unique())
     cols = params.preview_per_class + 1

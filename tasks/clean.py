@@ -1,24 +1,70 @@
-"""Decode every raw image for real, normalise it, and write the resized, content-addressed cache.
+"""The clean stage: decode every raw image for real, reject what cannot be used, cache the rest.
 
 A file that cannot be used is recorded in rejected.csv with a reason; the run goes on.
+
+The cache is content-addressed and incremental. Decoding is the expensive part
+and depends only on a file's bytes and a few params, so its result is stored
+per content hash: the resized PNG at images/<sha[:2]>/<sha>.png and one row
+of cache_index.parquet (size, mode, pHash or the rejection reason), tagged
+with a key of the params and code that shaped it. A run hashes every raw file
+(cheap), decodes only contents the index does not know under the current key,
+then applies the rules that look across files (duplicates, label conflicts,
+near-duplicates, size and class filters) to the whole index. Afterwards the
+folder holds exactly what a full run would write (unused cache files and index
+rows are pruned), so an incremental run gives the same outputs as a full one.
+
+Where the cache lives, and why: it *is* the stage's output folder,
+artifacts/clean, declared `persist: true` in dvc.yaml. `dvc repro` deletes a
+stage's outputs before running it unless they persist, and the flow only
+rewrites the files it owns instead of emptying the folder, so the cache
+survives both `dvc repro` and `visiontune run`, is versioned by DVC with the
+rest of the output (a `dvc checkout` of an old commit restores a matching
+cache) and needs no second location to manage or clean up.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
-import warnings
-from dataclasses import asdict, dataclass
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import imagehash
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+import PIL
+from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from rich.progress import track
 
 from params import CleanParams
+from tasks import decode as decode_module
+from tasks.decode import Decoded, RejectedImage, decode
+from tasks.duplicates import near_duplicate_components
 from tasks.files import write_bytes_atomic, write_csv, write_parquet
+from tasks.sources import SOURCES_FILE, safe_label
+
+CACHE_INDEX = "cache_index.parquet"
+IMAGES = "images"
+OWN_FILES = ("manifest.parquet", "rejected.csv", "classes.csv", CACHE_INDEX, IMAGES)
+
+# Every rejection reason, in the order the rules apply (README has the same table).
+REASONS = {
+    "label_not_allowed": "the label is not in clean.yaml `classes`",
+    "empty": "zero-byte file",
+    "not_an_image": "Pillow cannot identify the format",
+    "corrupt": "truncated or undecodable (the file is fully decoded)",
+    "decompression_bomb": "more pixels than `max_pixels` (checked before decoding)",
+    "unsupported_mode": "a pixel mode with no defined RGB rendering (e.g. 32-bit float)",
+    "too_small": "shorter side under `min_side`",
+    "aspect_ratio": "longest / shortest side over `max_aspect_ratio`",
+    "label_conflict": "the same bytes under two or more labels: every copy is rejected",
+    "duplicate": "the same bytes as an earlier path of the same label (first path kept)",
+    "near_duplicate": "pHash within `phash_threshold` of a kept image (near_duplicates: keep_one)",
+}
 
 
 @dataclass
@@ -27,10 +73,12 @@ class CleanRecord:
     label: str
     sha256: str
     bytes: int
-    width: int
+    width: int  # upright size before resizing
     height: int
     cache: str  # relative to the clean stage's folder
     phash: str
+    mode: str = ""  # the file's own pixel mode before conversion to RGB
+    dup_group: str = ""  # the smallest sha256 of its near-duplicate group (its own if none)
 
 
 @dataclass
@@ -40,11 +88,26 @@ class Rejection:
     detail: str
 
 
-class RejectedImage(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+@dataclass
+class CacheEntry:
+    """What decoding one content gave; `reason` is empty when the image is usable."""
+
+    sha256: str
+    key: str
+    reason: str = ""
+    detail: str = ""
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    phash: str = ""
+
+
+@dataclass
+class CleanResult:
+    records: list[CleanRecord]
+    rejected: list[Rejection]
+    processed: list[str]  # paths decoded by this run (the rest came from the cache)
+    raw_counts: dict[str, int]  # files per label before cleaning
 
 
 def list_raw_images(data_dir: Path) -> list[tuple[str, str]]:
@@ -59,93 +122,313 @@ def list_raw_images(data_dir: Path) -> list[tuple[str, str]]:
     return found
 
 
-def decode(raw: bytes, params: CleanParams) -> Image.Image:
-    """Fully decode, apply EXIF orientation and return an RGB image (alpha composited)."""
-    if not raw:
-        raise RejectedImage("empty", "zero-byte file")
-    Image.MAX_IMAGE_PIXELS = params.max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RejectedImage("decompression_bomb", str(exc)) from exc
-    except UnidentifiedImageError as exc:
-        raise RejectedImage("not_an_image", "Pillow cannot identify the format") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise RejectedImage("corrupt", str(exc)) from exc
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, params.background)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        img = canvas
-    elif img.mode == "I;16" or img.mode == "I":
-        img = img.point(lambda v: v / 256).convert("L").convert("RGB")
-    else:
-        img = img.convert("RGB")
-    if min(img.size) < params.min_side:
-        raise RejectedImage("too_small", f"{img.width}x{img.height} < {params.min_side}px")
+def cache_rel(sha256: str) -> str:
+    return f"{IMAGES}/{sha256[:2]}/{sha256}.png"
+
+
+def prepare(decoded: Decoded, max_side: int) -> Image.Image:
+    """The cached version of an image: at most `max_side` on its longest side, never upscaled."""
+    img = decoded.image
+    if max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return img
 
 
-def clean_one(raw: bytes, params: CleanParams) -> tuple[Image.Image, tuple[int, int]]:
-    img = decode(raw, params)
-    size = img.size
-    if max(size) > params.max_side:
-        img.thumbnail((params.max_side, params.max_side), Image.Resampling.LANCZOS)
-    return img, size
+def cache_key(params: CleanParams) -> str:
+    """Identifies everything that shapes a cache entry: the decode params, the code, the libs."""
+    shaping = {
+        "max_side": params.max_side,
+        "background": list(params.background),
+        "max_pixels": params.max_pixels,
+        "pillow": PIL.__version__,
+        "imagehash": imagehash.__version__,
+        "code": inspect.getsource(decode_module) + inspect.getsource(prepare),
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def process(raw: bytes, sha256: str, key: str, params: CleanParams, out_dir: Path) -> CacheEntry:
+    """Decode one content; a usable image is written to the cache."""
+    try:
+        decoded = decode(raw, tuple(params.background), params.max_pixels)  # type: ignore[arg-type]
+    except RejectedImage as exc:
+        return CacheEntry(sha256, key, exc.reason, exc.detail)
+    width, height = decoded.image.size
+    img = prepare(decoded, params.max_side)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes_atomic(out_dir / cache_rel(sha256), buf.getvalue())
+    return CacheEntry(
+        sha256, key, width=width, height=height, mode=decoded.mode, phash=str(imagehash.phash(img))
+    )
+
+
+def load_index(out_dir: Path, key: str) -> dict[str, CacheEntry]:
+    """Cache entries made under `key`; anything else (other params or code) is recomputed."""
+    path = out_dir / CACHE_INDEX
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_parquet(path)
+    except Exception:  # an unreadable index is only a lost cache
+        return {}
+    if set(frame.columns) != {f.name for f in fields(CacheEntry)}:
+        return {}
+    frame = frame[frame["key"] == key]
+    return {row["sha256"]: CacheEntry(**row) for row in frame.to_dict(orient="records")}
+
+
+def save_index(index: dict[str, CacheEntry], out_dir: Path) -> None:
+    rows = [asdict(index[sha]) for sha in sorted(index)]
+    frame = pd.DataFrame(rows, columns=[f.name for f in fields(CacheEntry)])
+    write_parquet(frame.astype({"width": "int64", "height": "int64"}), out_dir / CACHE_INDEX)
+
+
+def allowed_labels(params: CleanParams) -> set[str] | None:
+    if params.classes is None:
+        return None
+    return set(params.classes) | {safe_label(c) for c in params.classes}
+
+
+def apply_rules(
+    files: list[tuple[str, str]],
+    digests: dict[str, tuple[str, int]],
+    index: dict[str, CacheEntry],
+    params: CleanParams,
+) -> tuple[list[CleanRecord], list[Rejection]]:
+    """The per-file and across-file rules, on decoded results: same input, same output."""
+    rejected: list[Rejection] = []
+    allowed = allowed_labels(params)
+    candidates: list[tuple[str, str, CacheEntry]] = []
+    for rel, label in files:
+        entry = index[digests[rel][0]]
+        if allowed is not None and label not in allowed:
+            rejected.append(Rejection(rel, "label_not_allowed", f"{label!r} is not in `classes`"))
+        elif entry.reason:
+            rejected.append(Rejection(rel, entry.reason, entry.detail))
+        elif min(entry.width, entry.height) < params.min_side:
+            rejected.append(
+                Rejection(
+                    rel, "too_small", f"{entry.width}x{entry.height} < {params.min_side}px side"
+                )
+            )
+        elif max(entry.width, entry.height) / min(entry.width, entry.height) > (
+            params.max_aspect_ratio
+        ):
+            rejected.append(
+                Rejection(
+                    rel,
+                    "aspect_ratio",
+                    f"{entry.width}x{entry.height} is more elongated than "
+                    f"{params.max_aspect_ratio:g}:1",
+                )
+            )
+        else:
+            candidates.append((rel, label, entry))
+
+    labels_of: dict[str, set[str]] = {}
+    for _, label, entry in candidates:
+        labels_of.setdefault(entry.sha256, set()).add(label)
+    kept: list[tuple[str, str, CacheEntry]] = []
+    first_path: dict[str, str] = {}
+    for rel, label, entry in candidates:
+        labels = labels_of[entry.sha256]
+        if len(labels) > 1:
+            others = sorted(labels - {label})
+            rejected.append(
+                Rejection(rel, "label_conflict", f"the same image is also labelled {others}")
+            )
+        elif entry.sha256 in first_path:
+            rejected.append(
+                Rejection(rel, "duplicate", f"same bytes as {first_path[entry.sha256]}")
+            )
+        else:
+            first_path[entry.sha256] = rel
+            kept.append((rel, label, entry))
+
+    groups = [entry.sha256 for _, _, entry in kept]
+    if params.near_duplicates != "off" and kept:
+        component = near_duplicate_components(
+            [entry.phash for _, _, entry in kept], params.phash_threshold
+        )
+        members: dict[int, list[int]] = {}
+        for i, c in enumerate(component):
+            members.setdefault(int(c), []).append(i)
+        drop: set[int] = set()
+        for group in members.values():
+            if len(group) < 2:
+                continue
+            if params.near_duplicates == "keep_one":
+                keeper = kept[group[0]][0]  # kept is in path order
+                for i in group[1:]:
+                    drop.add(i)
+                    rejected.append(
+                        Rejection(
+                            kept[i][0],
+                            "near_duplicate",
+                            f"looks like {keeper} (pHash within {params.phash_threshold} bits)",
+                        )
+                    )
+            else:
+                smallest = min(kept[i][2].sha256 for i in group)
+                for i in group:
+                    groups[i] = smallest
+        kept = [k for i, k in enumerate(kept) if i not in drop]
+        groups = [g for i, g in enumerate(groups) if i not in drop]
+
+    records = [
+        CleanRecord(
+            path=rel,
+            label=label,
+            sha256=entry.sha256,
+            bytes=digests[rel][1],
+            width=entry.width,
+            height=entry.height,
+            cache=cache_rel(entry.sha256),
+            phash=entry.phash,
+            mode=entry.mode,
+            dup_group=group,
+        )
+        for (rel, label, entry), group in zip(kept, groups, strict=True)
+    ]
+    rejected.sort(key=lambda r: r.path)
+    return records, rejected
+
+
+def prune(out_dir: Path, keep: set[str]) -> None:
+    """Remove cache files no record uses, and empty shard folders."""
+    images = out_dir / IMAGES
+    if not images.is_dir():
+        return
+    for path in images.rglob("*"):
+        if path.is_file() and path.relative_to(out_dir).as_posix() not in keep:
+            path.unlink()
+    for shard in images.iterdir():
+        if shard.is_dir() and not any(shard.iterdir()):
+            shard.rmdir()
+
+
+def clean_dataset(
+    data_dir: Path,
+    out_dir: Path,
+    params: CleanParams,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CleanResult:
+    """Clean data/ into out_dir, decoding only what the cache does not already hold."""
+    files = list_raw_images(data_dir)
+    digests: dict[str, tuple[str, int]] = {}
+    first_with: dict[str, str] = {}
+    for rel, _ in files:
+        raw = (data_dir / rel).read_bytes()
+        sha = hashlib.sha256(raw).hexdigest()
+        digests[rel] = (sha, len(raw))
+        first_with.setdefault(sha, rel)
+
+    key = cache_key(params)
+    index = {sha: e for sha, e in load_index(out_dir, key).items() if sha in first_with}
+    todo = [sha for sha in first_with if sha not in index]
+    processed: list[str] = []
+    for n, sha in enumerate(track(todo, description="decode", disable=not todo)):
+        rel = first_with[sha]
+        index[sha] = process((data_dir / rel).read_bytes(), sha, key, params, out_dir)
+        processed.append(rel)
+        if on_progress:
+            on_progress(n + 1, len(todo))
+
+    records, rejected = apply_rules(files, digests, index, params)
+    for rec in records:  # a cache file pruned earlier (e.g. the image was too small then)
+        if not (out_dir / rec.cache).is_file():
+            process((data_dir / rec.path).read_bytes(), rec.sha256, key, params, out_dir)
+            processed.append(rec.path)
+    prune(out_dir, {rec.cache for rec in records})
+    save_index(index, out_dir)
+    raw_counts: dict[str, int] = {}
+    for _, label in files:
+        raw_counts[label] = raw_counts.get(label, 0) + 1
+    return CleanResult(records, rejected, processed, raw_counts)
+
+
+@task(name="clean-dataset", cache_policy=NO_CACHE)
+def clean_task(
+    data_dir: Path,
+    out_dir: Path,
+    params: CleanParams,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CleanResult:
+    return clean_dataset(data_dir, out_dir, params, on_progress)
 
 
 @task(name="clean-images", cache_policy=NO_CACHE)
 def clean_images(
     data_dir: Path, out_dir: Path, params: CleanParams
 ) -> tuple[list[CleanRecord], list[Rejection]]:
-    """Clean every raw image; exact duplicates (same sha256) keep the first path in sort order."""
-    import imagehash
+    """(records, rejections) of a clean into out_dir: the stage's work without its reports."""
+    result = clean_dataset(data_dir, out_dir, params)
+    return result.records, result.rejected
 
-    records: list[CleanRecord] = []
-    rejected: list[Rejection] = []
-    seen: dict[str, str] = {}
-    images_dir = out_dir / "images"
-    for rel, label in track(list_raw_images(data_dir), description="clean"):
-        raw = (data_dir / rel).read_bytes()
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest in seen:
-            rejected.append(Rejection(rel, "duplicate", f"same bytes as {seen[digest]}"))
-            continue
-        try:
-            img, (width, height) = clean_one(raw, params)
-        except RejectedImage as exc:
-            rejected.append(Rejection(rel, exc.reason, exc.detail))
-            continue
-        seen[digest] = rel
-        cache_rel = f"images/{digest[:2]}/{digest}.png"
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        write_bytes_atomic(images_dir.parent / cache_rel, buf.getvalue())
-        records.append(
-            CleanRecord(
-                path=rel,
-                label=label,
-                sha256=digest,
-                bytes=len(raw),
-                width=width,
-                height=height,
-                cache=cache_rel,
-                phash=str(imagehash.phash(img)),
-            )
-        )
-    return records, rejected
+
+def source_columns(data_dir: Path) -> pd.DataFrame | None:
+    """data/sources.csv (written by collect) as columns to join on `path`: source, original
+    label and any extra manifest columns such as `group`."""
+    path = data_dir / SOURCES_FILE
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "path" not in frame.columns:
+        return None
+    frame = frame.drop(columns=[c for c in ("sha256",) if c in frame.columns])
+    return frame.rename(columns={"label": "original_label"}).drop_duplicates("path")
+
+
+def build_manifest(records: list[CleanRecord], data_dir: Path | None = None) -> pd.DataFrame:
+    manifest = pd.DataFrame(
+        [asdict(r) for r in records], columns=[f.name for f in fields(CleanRecord)]
+    )
+    sources = source_columns(data_dir) if data_dir is not None else None
+    if sources is not None:
+        extra = [c for c in sources.columns if c == "path" or c not in manifest.columns]
+        manifest = manifest.merge(sources[extra], on="path", how="left")
+        for column in extra[1:]:
+            manifest[column] = manifest[column].fillna("")
+    return manifest
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
 def write_manifest(
-    records: list[CleanRecord], rejected: list[Rejection], out_dir: Path
+    records: list[CleanRecord],
+    rejected: list[Rejection],
+    out_dir: Path,
+    data_dir: Path | None = None,
 ) -> pd.DataFrame:
-    manifest = pd.DataFrame([asdict(r) for r in records], columns=list(CleanRecord.__annotations__))
+    manifest = build_manifest(records, data_dir)
     write_parquet(manifest, out_dir / "manifest.parquet")
     rejections = pd.DataFrame([asdict(r) for r in rejected], columns=["path", "reason", "detail"])
     write_csv(rejections, out_dir / "rejected.csv")
     return manifest
+
+
+def class_table(result: CleanResult) -> pd.DataFrame:
+    """Per class: raw files before cleaning, images kept, files rejected."""
+    kept = pd.Series([r.label for r in result.records], dtype=str).value_counts()
+    labels = sorted(set(result.raw_counts) | set(kept.index))
+    table = pd.DataFrame(
+        {
+            "label": labels,
+            "raw": [result.raw_counts.get(lb, 0) for lb in labels],
+            "kept": [int(kept.get(lb, 0)) for lb in labels],
+        }
+    )
+    table["rejected"] = table["raw"] - table["kept"]
+    return table
+
+
+def imbalance_warning(table: pd.DataFrame, ratio: float) -> str | None:
+    kept = table[table["kept"] > 0].set_index("label")["kept"]
+    if len(kept) < 2 or kept.max() <= ratio * kept.min():
+        return None
+    return (
+        f"class imbalance: {kept.idxmax()} has {kept.max()} images, {kept.idxmin()} has "
+        f"{kept.min()} ({kept.max() / kept.min():.1f}x > imbalance_ratio {ratio:g}); "
+        "consider augment.yaml `balance:`"
+    )

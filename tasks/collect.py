@@ -1,37 +1,40 @@
-"""Bring labelled images into data/<label>/<file> and version them with `dvc add data`.
+"""Write source items into data/<folder>/<file>, record where each came from, version with DVC.
 
-Sources: the offline demo set (Noto emoji PNGs from the npm package
-emoji-datasource-google, label = emoji category) and an ImageFolder tree.
+Besides the images, data/ holds two small tables that DVC versions with them:
+- labels.csv (folder, label): the original label behind every sanitised folder name;
+- sources.csv (path, label, source, sha256, + any extra manifest columns such as
+  `group`): where each file came from. Clean carries its columns into the manifest.
+Clean reads images only from data/<label>/…, so these two files are never images.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import os
-import re
 import shutil
 import subprocess
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.files import write_bytes_atomic
-
-DEMO_PACKAGE = "emoji-datasource-google"
-DEMO_VERSION = "16.0.0"
-# Visually distinct emoji categories; "Component" (5 skin-tone swatches) is left out.
-DEMO_CLASSES = (
-    "Animals & Nature",
-    "Flags",
-    "Food & Drink",
-    "Smileys & Emotion",
-    "Travel & Places",
+from tasks.files import atomic_path, write_bytes_atomic, write_text_atomic
+from tasks.sources import (
+    DEMO_PACKAGE,
+    DEMO_VERSION,
+    LABELS_FILE,
+    SOURCES_FILE,
+    Refusal,
+    SourceItem,
+    safe_label,
 )
-DEMO_PER_CLASS = 120
+from tasks.versioning import data_version
+
+SOURCE_COLUMNS = ["path", "label", "source", "sha256"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,23 +42,22 @@ class CollectReport:
     new: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     unchanged: int = 0
+    refused: list[Refusal] = field(default_factory=list)
+    records: list[dict[str, str]] = field(default_factory=list)  # rows for sources.csv
 
-    @property
-    def total(self) -> int:
-        return len(self.new) + len(self.changed) + self.unchanged
+    def merge(self, other: CollectReport) -> CollectReport:
+        return CollectReport(
+            self.new + other.new,
+            self.changed + other.changed,
+            self.unchanged + other.unchanged,
+            self.refused + other.refused,
+            self.records + other.records,
+        )
 
 
 def cache_dir() -> Path:
     root = os.environ.get("VISIONTUNE_CACHE") or Path.home() / ".cache" / "visiontune"
     return Path(root)
-
-
-def safe_label(label: str) -> str:
-    """A label as a folder name: lowercase words joined by '_' ('Food & Drink' → food_drink)."""
-    name = re.sub(r"[^0-9a-zA-Z]+", "_", label).strip("_").lower()
-    if not name:
-        raise ValueError(f"label {label!r} has no usable characters for a folder name")
-    return name
 
 
 def fetch_demo_package(dest: Path | None = None) -> Path:
@@ -78,62 +80,109 @@ def fetch_demo_package(dest: Path | None = None) -> Path:
     return tarball
 
 
-def demo_items(
-    tarball: Path, classes: tuple[str, ...] = DEMO_CLASSES, per_class: int = DEMO_PER_CLASS
-) -> list[tuple[str, str, bytes]]:
-    """(label folder, file name, PNG bytes) for the demo set, in the package's sort order."""
-    with tarfile.open(tarball) as tar:
-        meta = json.load(tar.extractfile("package/emoji.json"))  # type: ignore[arg-type]
-        chosen: dict[str, list[dict]] = {c: [] for c in classes}
-        for emoji in sorted(meta, key=lambda e: e["sort_order"]):
-            bucket = chosen.get(emoji["category"])
-            if bucket is not None and emoji.get("has_img_google") and len(bucket) < per_class:
-                bucket.append(emoji)
-        wanted = {
-            f"package/img/google/64/{e['image']}": (safe_label(category), e["image"])
-            for category, emojis in chosen.items()
-            for e in emojis
-        }
-        # one sequential pass: random access into a .tgz re-decompresses from the start
-        found = {}
-        for member in tar:
-            if member.name in wanted:
-                found[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    items = [(*wanted[name], found[name]) for name in wanted if name in found]
-    return items
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def folder_items(root: Path) -> list[tuple[str, str, bytes]]:
-    """(label, file name, bytes) for an ImageFolder tree root/<label>/<file>."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
-    items = []
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(label_dir.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                rel = path.relative_to(label_dir).as_posix().replace("/", "__")
-                items.append((safe_label(label_dir.name), rel, path.read_bytes()))
-    if not items:
-        raise ValueError(f"{root} holds no files in <label>/<file> sub-folders")
-    return items
+def record(item: SourceItem, rel: str, sha256: str) -> dict[str, str]:
+    return {"path": rel, "label": item.label, "source": item.origin, "sha256": sha256} | dict(
+        item.extra
+    )
+
+
+def remove_stale_temps(data_dir: Path) -> int:
+    """Delete temp files a killed collect left behind (atomic writes name them .<file>.*.tmp)."""
+    if not data_dir.is_dir():
+        return 0
+    stale = [p for p in data_dir.rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return len(stale)
+
+
+def remove_empty_folders(data_dir: Path) -> None:
+    for folder in sorted((p for p in data_dir.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 @task(name="write-images", cache_policy=NO_CACHE)
-def write_items(items: list[tuple[str, str, bytes]], data_dir: Path) -> CollectReport:
-    """Write each item atomically; files already there with the same bytes are left alone."""
+def write_items(items: list[SourceItem], data_dir: Path) -> CollectReport:
+    """Write local or in-memory items atomically; a file already there with the same bytes stays."""
     report = CollectReport()
-    for label, name, data in items:
-        dest = data_dir / label / name
+    for item in items:
+        dest = data_dir / item.folder / item.name
         rel = dest.relative_to(data_dir).as_posix()
+        if item.data is not None:
+            digest = hashlib.sha256(item.data).hexdigest()
+        else:
+            digest = file_sha256(item.path)  # type: ignore[arg-type]
+        report.records.append(record(item, rel, digest))
         if dest.is_file():
-            if hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(data).digest():
+            if file_sha256(dest) == digest:
                 report.unchanged += 1
                 continue
             report.changed.append(rel)
         else:
             report.new.append(rel)
-        write_bytes_atomic(dest, data)
+        if item.data is not None:
+            write_bytes_atomic(dest, item.data)
+        else:
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(item.path, tmp)  # type: ignore[arg-type]
     return report
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _write_if_changed(frame: pd.DataFrame, path: Path) -> bool:
+    text = frame.to_csv(index=False)
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text_atomic(path, text)
+    return True
+
+
+def update_records(data_dir: Path, records: list[dict[str, str]]) -> bool:
+    """Merge this collect's rows into data/sources.csv and data/labels.csv; True if they changed.
+
+    Rows of files that are no longer in data/ are dropped; a later collect of the
+    same file replaces its row.
+    """
+    old = _read_csv(data_dir / SOURCES_FILE)
+    rows = {r["path"]: r for r in old.to_dict(orient="records")}
+    rows.update({r["path"]: r for r in records})
+    rows = {p: r for p, r in rows.items() if (data_dir / p).is_file()}
+    sources = pd.DataFrame(list(rows.values()))
+    if sources.empty:
+        sources = pd.DataFrame(columns=SOURCE_COLUMNS)
+    extra = sorted(c for c in sources.columns if c not in SOURCE_COLUMNS)
+    sources = sources.reindex(columns=SOURCE_COLUMNS + extra).fillna("").sort_values("path")
+    changed = _write_if_changed(sources, data_dir / SOURCES_FILE)
+
+    labels = pd.concat(
+        [
+            _read_csv(data_dir / LABELS_FILE),
+            pd.DataFrame(
+                {"folder": [safe_label(lb) for lb in sources["label"]], "label": sources["label"]}
+            ),
+        ]
+    ).drop_duplicates()
+    labels = labels[labels["folder"].map(lambda f: (data_dir / f).is_dir())]
+    labels = labels.sort_values(["folder", "label"]).reset_index(drop=True)
+    for folder, group in labels.groupby("folder"):
+        if len(group) > 1:
+            log.warning(
+                "labels %s all map to the folder %r: they are one class",
+                group["label"].tolist(),
+                folder,
+            )
+    return _write_if_changed(labels[["folder", "label"]], data_dir / LABELS_FILE) or changed
 
 
 @task(name="dvc-add-data", cache_policy=NO_CACHE)
@@ -143,7 +192,48 @@ def dvc_add(data_dir: Path) -> str:
 
     with Repo(str(data_dir.parent)) as repo:
         repo.add(str(data_dir))
-    dvc_file = data_dir.parent / f"{data_dir.name}.dvc"
-    import yaml
+    return data_version(data_dir.parent)  # type: ignore[return-value]
 
-    return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+
+def version_diff(root: Path, old: str | None, new: str) -> dict[str, list[str]] | None:
+    """Files added, modified and deleted between two versions of data/ (DVC's own tree diff).
+
+    None when the old version's listing is not in the local DVC cache.
+    """
+    from dvc.repo import Repo
+    from dvc_data.hashfile.diff import diff
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    with Repo(str(root)) as repo:
+        odb = repo.cache.local
+        try:
+            before = Tree.load(odb, HashInfo("md5", old)) if old else None
+            after = Tree.load(odb, HashInfo("md5", new))
+        except (FileNotFoundError, ValueError):
+            return None
+        result = diff(before, after, odb)
+
+    def paths(changes) -> list[str]:
+        keys = ((c.new.key or c.old.key) for c in changes)
+        return sorted("/".join(k) for k in keys if k != ("",))
+
+    return {
+        "added": paths(result.added),
+        "modified": paths(result.modified),
+        "deleted": paths(result.deleted),
+    }
+
+
+def changes_by_class(changes: dict[str, list[str]]) -> pd.DataFrame:
+    """Per-folder counts of added/modified/deleted images (the tables in data/ are left out)."""
+    rows = [
+        {"class": path.split("/")[0], "change": kind}
+        for kind, paths in changes.items()
+        for path in paths
+        if "/" in path
+    ]
+    if not rows:
+        return pd.DataFrame(columns=["class", "added", "modified", "deleted"])
+    table = pd.crosstab(pd.DataFrame(rows)["class"], pd.DataFrame(rows)["change"])
+    return table.reindex(columns=list(changes), fill_value=0).reset_index()

@@ -1,58 +1,144 @@
-"""Stable, stratified train/val/test assignment.
+"""Stable, stratified train/val/test assignment without leakage, plus optional k folds.
 
-Each image's split is a function of its content hash and the seed alone, so a
-growing dataset never moves an image that was already assigned; drawing the
-same uniform number per image within every class keeps the split stratified
-in expectation.
+Each image's split is a function of a key and the seed alone. The key is the
+image's content hash, or, when images must stay together, one key shared by
+the whole group: a near-duplicate group (clean's `dup_group`, the smallest
+content hash in it) joined with any rows sharing a value of the optional
+`group_by` column. A growing dataset never moves an image that was already
+assigned unless a new image joins its group. Drawing the same uniform number
+per key within every class keeps the split stratified in expectation; folds
+are drawn the same way from an independent number.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import math
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from params import SplitParams
 
 SPLITS = ("train", "val", "test")
-log = logging.getLogger(__name__)
 
 
 class SplitError(ValueError):
     pass
 
 
-def uniform_from_hash(sha256: str, seed: int) -> float:
-    """A number in [0, 1) fixed by content and seed."""
-    digest = hashlib.sha256(f"{seed}:{sha256}".encode()).digest()
+@dataclass
+class SplitPlan:
+    frame: pd.DataFrame  # the manifest + split (+ fold)
+    messages: list[str] = field(default_factory=list)  # warnings worth showing the user
+
+
+def uniform_from_hash(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the key (a content hash or group key) and the seed."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
-    """The manifest with a `split` column; fails if a class gets no training image."""
+def _text(column: pd.Series) -> pd.Series:
+    return column.astype(object).where(column.notna(), "").astype(str).str.strip()
+
+
+def group_keys(manifest: pd.DataFrame, group_by: str | None = None) -> pd.Series:
+    """The key each image is assigned by: rows that share a key share a split and a fold."""
+    sha = manifest["sha256"].astype(str)
+    if "dup_group" in manifest.columns:
+        dup = _text(manifest["dup_group"])
+        base = dup.where(dup != "", sha)
+    else:
+        base = sha
+    if group_by is None:
+        return base
+    if group_by not in manifest.columns:
+        raise SplitError(
+            f"split.yaml group_by: {group_by!r} is not a column of the clean manifest "
+            f"(columns: {', '.join(manifest.columns)}); add it to your collect manifest"
+        )
+    values = _text(manifest[group_by])
+    if not (values != "").any():
+        return base
+    # rows, base keys and group values are nodes; a row links to its base key and its value
+    n = len(manifest)
+    base_codes, base_uniques = pd.factorize(base)
+    value_codes, value_uniques = pd.factorize(values)
+    has_value = values.to_numpy() != ""
+    rows = np.concatenate([np.arange(n), np.arange(n)[has_value]])
+    cols = np.concatenate([n + base_codes, n + len(base_uniques) + value_codes[has_value]])
+    size = n + len(base_uniques) + len(value_uniques)
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    frame = pd.DataFrame({"c": component[:n], "base": base.to_numpy(), "value": values.to_numpy()})
+    named = frame[frame["value"] != ""].groupby("c")["value"].min().map(lambda v: f"group:{v}")
+    plain = frame.groupby("c")["base"].min()
+    keys = frame["c"].map(named).fillna(frame["c"].map(plain))
+    return pd.Series(keys.to_numpy(), index=manifest.index)
+
+
+def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
+    """The manifest with `split` (and `fold` when params.folds > 0), and messages for the user.
+
+    A class with fewer images than there are splits goes to train whole (it
+    could not be in every split anyway); a class left without a training
+    image is an error.
+    """
     if manifest.empty:
         raise SplitError("the clean manifest is empty: no usable images to split")
-    u = manifest["sha256"].map(lambda h: uniform_from_hash(h, params.seed))
+    messages: list[str] = []
+    keys = group_keys(manifest, params.group_by)
+    draws = {k: uniform_from_hash(k, params.seed) for k in keys.unique()}
+    u = keys.map(draws)
     cut_train, cut_val = params.train, params.train + params.val
-    split = pd.Series("test", index=manifest.index)
+    split = pd.Series("test", index=manifest.index, dtype=object)
     split[u < cut_val] = "val"
     split[u < cut_train] = "train"
+
+    active = 1 + (params.val > 0) + (params.test > 0)
+    per_class = manifest["label"].value_counts()
+    tiny = sorted(per_class.index[per_class < active])
+    if tiny:
+        tiny_keys = set(keys[manifest["label"].isin(tiny)])
+        split[keys.isin(tiny_keys)] = "train"
+        messages.append(
+            f"class(es) {tiny} have fewer images than the {active} splits "
+            f"({', '.join(f'{c}: {per_class[c]}' for c in tiny)}): all their images are in "
+            "train, so they are not validated or tested; add images"
+        )
     out = manifest.assign(split=pd.Categorical(split, categories=SPLITS))
     counts = split_counts(out)
     empty_train = counts.index[counts["train"] == 0].tolist()
     if empty_train:
         raise SplitError(
             f"class(es) {empty_train} have no training image "
-            f"({counts.loc[empty_train, 'total'].tolist()} image(s) in all): add images"
+            f"({counts.loc[empty_train, 'total'].tolist()} image(s) in all, none drawn for "
+            "train): add images, or raise split.yaml `train`"
         )
-    for split_name in ("val", "test"):
-        missing = counts.index[counts[split_name] == 0].tolist()
-        if missing and getattr(params, split_name) > 0:
-            log.warning("class(es) %s have no %s image: add images", missing, split_name)
-    return out
+    for name in ("val", "test"):
+        missing = [c for c in counts.index[counts[name] == 0] if c not in tiny]
+        if missing and getattr(params, name) > 0:
+            messages.append(f"class(es) {missing} have no {name} image: add images")
+    if params.folds:
+        fold_draws = {k: uniform_from_hash(f"fold:{k}", params.seed) for k in keys.unique()}
+        fold = keys.map(lambda k: math.floor(fold_draws[k] * params.folds)).astype("int64")
+        out["fold"] = fold.where(out["split"] != "test", -1).astype("int64")
+        table = fold_counts(out, params.folds)
+        thin = table.index[(table == 0).any(axis=1)].tolist()
+        if thin:
+            messages.append(f"class(es) {thin} are missing from at least one of the folds")
+    return SplitPlan(out, messages)
+
+
+def assign_splits(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
+    """The manifest with a `split` column (and `fold`); fails if a class gets no training image."""
+    return plan_splits(manifest, params).frame
 
 
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
@@ -61,6 +147,15 @@ def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
+def fold_counts(split: pd.DataFrame, folds: int) -> pd.DataFrame:
+    """Train+val images per class and fold."""
+    folded = split[split["fold"] >= 0]
+    table = pd.crosstab(folded["label"], folded["fold"])
+    table = table.reindex(index=sorted(split["label"].unique()), columns=range(folds), fill_value=0)
+    table.columns = [f"fold_{f}" for f in table.columns]
+    return table
+
+
 @task(name="assign-splits", cache_policy=NO_CACHE)
-def split_task(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
-    return assign_splits(manifest, params)
+def split_task(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
+    return plan_splits(manifest, params)

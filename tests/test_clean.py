@@ -1,85 +1,242 @@
-import io
+import hashlib
 import random
+import shutil
+from dataclasses import asdict
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from params import CleanParams
-from tasks.clean import clean_images, decode, list_raw_images, write_manifest
-from tests.images import shape_image, truncated_png, write_image_folder
+from tasks.clean import (
+    CACHE_INDEX,
+    REASONS,
+    cache_rel,
+    class_table,
+    clean_dataset,
+    clean_images,
+    imbalance_warning,
+    list_raw_images,
+    write_manifest,
+)
+from tasks.decode import RejectedImage, decode
+from tasks.duplicates import near_duplicate_components
+from tests.images import (
+    CLASSES,
+    image_bytes,
+    rotated_jpeg_bytes,
+    shape_image,
+    write_bad_corpus,
+    write_convertible_modes,
+    write_image_folder,
+)
+
+BAD_CORPUS_PARAMS = CleanParams(
+    max_side=32, max_pixels=200_000, classes=list(CLASSES), near_duplicates="keep_one"
+)
 
 
-def _rotated_jpeg_bytes() -> bytes:
-    """A 40x20 JPEG whose EXIF says 'rotate 90°': upright it is 20x40."""
-    img = Image.new("RGB", (40, 20), (200, 10, 10))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 CW
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", exif=exif)
-    return buf.getvalue()
-
-
-def test_clean_keeps_good_images_and_records_every_rejection(tmp_path):
+def test_every_rejection_reason_is_recorded_and_nothing_crashes(tmp_path):
     data = tmp_path / "data"
-    write_image_folder(data, per_class=3)
-    circles = data / "circle"
-    (circles / "empty.png").write_bytes(b"")
-    (circles / "notes.txt").write_text("not an image")
-    truncated_png(circles / "truncated.png")
-    (circles / "copy.png").write_bytes((circles / "circle_0_001.png").read_bytes())
-    (circles / "tiny.png").write_bytes(b"")
-    Image.new("RGB", (4, 4)).save(circles / "tiny.png")
-    rgba = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
-    rgba.save(data / "square" / "transparent.png")
-    (data / "square" / "rotated.jpg").write_bytes(_rotated_jpeg_bytes())
-    Image.new("CMYK", (30, 30), (0, 255, 0, 0)).save(data / "square" / "cmyk.jpg")
+    good = write_image_folder(data, per_class=4)
+    expected = write_bad_corpus(data)
+    assert set(expected.values()) == set(REASONS)  # the corpus covers every reason
 
     out = tmp_path / "clean"
-    records, rejected = clean_images.fn(data, out, CleanParams(max_side=32, min_side=8))
+    records, rejected = clean_images.fn(data, out, BAD_CORPUS_PARAMS)
     manifest = write_manifest.fn(records, rejected, out)
 
-    reasons = {r.path: r.reason for r in rejected}
-    assert reasons == {
-        "circle/empty.png": "empty",
-        "circle/notes.txt": "not_an_image",
-        "circle/truncated.png": "corrupt",
-        "circle/tiny.png": "too_small",
-        "circle/copy.png": "duplicate",
-    }
+    assert {r.path: r.reason for r in rejected} == expected
     on_disk = pd.read_csv(out / "rejected.csv")
-    assert set(on_disk["path"]) == set(reasons)
-    assert len(manifest) == 9 + 3
-    assert set(manifest["label"]) == {"circle", "square", "triangle"}
+    assert dict(zip(on_disk["path"], on_disk["reason"], strict=True)) == expected
+    assert on_disk["detail"].str.len().gt(0).all()
+    kept = {f"{p.parent.name}/{p.name}" for p in good} | {"square/a_original.png"}
+    assert set(manifest["path"]) == kept
     assert manifest["sha256"].is_unique
     for row in manifest.itertuples():
         with Image.open(out / row.cache) as cached:
-            assert cached.mode == "RGB"
-            assert max(cached.size) <= 32
-    rotated = manifest.set_index("path").loc["square/rotated.jpg"]
-    assert (rotated.width, rotated.height) == (20, 40)  # EXIF orientation applied
-    transparent = manifest.set_index("path").loc["square/transparent.png"]
-    with Image.open(out / transparent.cache) as img:
-        assert img.getpixel((5, 5)) == (255, 255, 255)  # composited on the background
+            assert cached.mode == "RGB" and max(cached.size) <= 32
+    # the cache holds exactly the kept images: nothing of a rejected file is left
+    cached_files = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert cached_files == set(manifest["cache"])
     assert pd.read_parquet(out / "manifest.parquet").equals(manifest)
 
 
-def test_decompression_bomb_is_rejected():
-    img = shape_image("square", random.Random(0), size=64)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    from tasks.clean import RejectedImage
+def test_modes_are_converted_to_rgb_and_exif_orientation_applied(tmp_path):
+    data = tmp_path / "data"
+    modes = write_convertible_modes(data)
+    (data / "square" / "rotated.jpg").write_bytes(rotated_jpeg_bytes())
+    out = tmp_path / "clean"
+    records, rejected = clean_images.fn(data, out, CleanParams(near_duplicates="off"))
+    assert rejected == []
+    by_path = {r.path: r for r in records}
+    assert {p: by_path[p].mode for p in modes} == modes
 
-    try:
-        decode(buf.getvalue(), CleanParams(max_pixels=1000))
-    except RejectedImage as exc:
-        assert exc.reason == "decompression_bomb"
-    else:
-        raise AssertionError("a 4096-pixel image passed a 1000-pixel limit")
+    def pixel(path: str) -> tuple[int, ...]:
+        with Image.open(out / by_path[path].cache) as img:
+            assert img.mode == "RGB"
+            return img.getpixel((5, 5))
+
+    assert pixel("square/rgba.png") == (255, 255, 255)  # transparent → background
+    assert pixel("square/la.png") == (255, 255, 255)
+    assert pixel("square/palette_transparent.png") == (255, 255, 255)
+    assert pixel("square/sixteen.png") == (128, 128, 128)  # 16-bit scaled, not clipped
+    red, green, blue = pixel("square/cmyk.jpg")
+    assert red > 200 and green < 60 and blue < 60
+    rotated = by_path["square/rotated.jpg"]
+    assert (rotated.width, rotated.height) == (20, 40)  # EXIF orientation applied
+
+
+def test_a_real_decompression_bomb_is_refused_before_decoding():
+    """A 10000x10000 bilevel PNG is a few KB on disk but 100M pixels (> Pillow's 89M)."""
+    bomb = image_bytes(Image.new("1", (10000, 10000)))
+    assert len(bomb) < 100_000
+    with pytest.raises(RejectedImage) as err:
+        decode(bomb, (255, 255, 255), CleanParams().max_pixels)
+    assert err.value.reason == "decompression_bomb"
+
+
+def test_near_duplicates_are_grouped_by_default(tmp_path):
+    data = tmp_path / "data"
+    write_bad_corpus(data)
+    records, rejected = clean_images.fn(
+        data, tmp_path / "clean", CleanParams(max_pixels=200_000, classes=list(CLASSES))
+    )
+    by_path = {r.path: r for r in records}
+    original, reencoded = by_path["square/a_original.png"], by_path["square/c_reencoded.jpg"]
+    assert original.dup_group == reencoded.dup_group == min(original.sha256, reencoded.sha256)
+    assert "near_duplicate" not in {r.reason for r in rejected}
+    alone = [
+        r for r in records if r.path not in ("square/a_original.png", "square/c_reencoded.jpg")
+    ]
+    assert all(r.dup_group == r.sha256 for r in alone)
+
+
+def test_near_duplicate_components_are_transitive():
+    base = 0x0F0F0F0F0F0F0F0F
+    hashes = [
+        f"{base:016x}",
+        f"{base ^ 0b111:016x}",
+        f"{base ^ 0b111111:016x}",
+        f"{~base & (2**64 - 1):016x}",
+    ]
+    groups = near_duplicate_components(hashes, threshold=3)
+    assert groups[0] == groups[1] == groups[2] != groups[3]
+    assert len(set(near_duplicate_components(hashes, threshold=0))) == 4
+
+
+def _listing(out):
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def test_incremental_clean_decodes_only_new_files_and_equals_a_full_run(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=20)
+    write_bad_corpus(data)
+    params = CleanParams(max_side=32, max_pixels=200_000)
+    out = tmp_path / "incremental"
+    first = clean_dataset(data, out, params)
+    assert len(first.processed) == len({p for p, _ in list_raw_images(data)}) - 2  # 2 exact copies
+
+    again = clean_dataset(data, out, params)
+    assert again.processed == []
+
+    added = write_image_folder(data, per_class=1, seed=9)
+    (data / "circle" / "copy_of_new.png").write_bytes(added[0].read_bytes())  # same content
+    third = clean_dataset(data, out, params)
+    assert sorted(third.processed) == sorted(f"{p.parent.name}/{p.name}" for p in added)
+
+    full_out = tmp_path / "full"
+    full = clean_dataset(data, full_out, params)
+    assert [asdict(r) for r in third.records] == [asdict(r) for r in full.records]
+    assert third.rejected == full.rejected
+    assert _listing(out) == _listing(full_out)
+    assert pd.read_parquet(out / CACHE_INDEX).equals(pd.read_parquet(full_out / CACHE_INDEX))
+    for name in _listing(full_out):
+        assert (out / name).read_bytes() == (full_out / name).read_bytes(), name
+
+
+def test_filter_params_reuse_the_cache_and_decode_params_invalidate_it(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=5)
+    Image.new("RGB", (6, 6)).save(data / "circle" / "small.png")
+    out = tmp_path / "clean"
+    first = clean_dataset(data, out, CleanParams(max_side=32, min_side=8))
+    assert "circle/small.png" in {r.path for r in first.rejected}
+    small_sha = hashlib.sha256((data / "circle" / "small.png").read_bytes()).hexdigest()
+    assert not (out / cache_rel(small_sha)).exists()  # rejected: pruned from the cache
+
+    # lowering min_side keeps small.png: only its cache file (pruned when it was rejected) is made
+    second = clean_dataset(data, out, CleanParams(max_side=32, min_side=4))
+    assert second.processed == ["circle/small.png"]
+    assert "circle/small.png" in {r.path for r in second.records}
+
+    # a new max_side changes every cached image: everything is decoded again
+    third = clean_dataset(data, out, CleanParams(max_side=24, min_side=4))
+    assert len(third.processed) == 16
+    for rec in third.records:
+        with Image.open(out / rec.cache) as img:
+            assert max(img.size) <= 24
+
+
+def test_a_deleted_raw_file_leaves_no_trace_in_the_cache(tmp_path):
+    data = tmp_path / "data"
+    paths = write_image_folder(data, per_class=3)
+    out = tmp_path / "clean"
+    clean_dataset(data, out, CleanParams())
+    paths[0].unlink()
+    result = clean_dataset(data, out, CleanParams())
+    assert len(pd.read_parquet(out / CACHE_INDEX)) == len(result.records) == 8
+    assert len(list((out / "images").rglob("*.png"))) == 8
+
+
+def test_sources_columns_ride_into_the_manifest(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=2, classes=("circle",))
+    (data / "sources.csv").write_text(
+        "path,label,source,sha256,group\ncircle/circle_0_000.jpg,Circle!,/src/a.jpg,x,subject-1\n"
+    )
+    records, rejected = clean_images.fn(data, tmp_path / "clean", CleanParams())
+    manifest = write_manifest.fn(records, rejected, tmp_path / "clean", data)
+    rows = manifest.set_index("path")
+    assert rows.loc["circle/circle_0_000.jpg", "group"] == "subject-1"
+    assert rows.loc["circle/circle_0_000.jpg", "original_label"] == "Circle!"
+    assert rows.loc["circle/circle_0_001.png", "group"] == ""
+    assert rows.loc["circle/circle_0_000.jpg", "sha256"] != "x"  # clean's own hash wins
+
+
+def test_class_summary_and_imbalance_warning(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=12, classes=("big",))
+    write_image_folder(data, per_class=3, classes=("small",), seed=1)
+    (data / "small" / "broken.png").write_bytes(b"")
+    result = clean_dataset(data, tmp_path / "clean", CleanParams())
+    table = class_table(result).set_index("label")
+    assert table.loc["small"].tolist() == [4, 3, 1]
+    assert table.loc["big"].tolist() == [12, 12, 0]
+    warning = imbalance_warning(table.reset_index(), ratio=3.0)
+    assert warning and "big" in warning and "small" in warning
+    assert imbalance_warning(table.reset_index(), ratio=5.0) is None
 
 
 def test_list_raw_images_ignores_hidden_and_top_level_files(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "a.png").write_bytes(b"x")
     (tmp_path / "cat" / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "cat" / ".a.png.x1y2.tmp").write_bytes(b"x")
     (tmp_path / "loose.png").write_bytes(b"x")
+    (tmp_path / "sources.csv").write_text("path\n")
     assert list_raw_images(tmp_path) == [("cat/a.png", "cat")]
+
+
+def test_clean_of_a_copied_image_under_another_name_is_a_duplicate(tmp_path):
+    data = tmp_path / "data"
+    img = shape_image("circle", random.Random(3))
+    (data / "circle").mkdir(parents=True)
+    img.save(data / "circle" / "b.png")
+    shutil.copy(data / "circle" / "b.png", data / "circle" / "a.png")
+    records, rejected = clean_images.fn(data, tmp_path / "clean", CleanParams())
+    assert [r.path for r in records] == ["circle/a.png"]
+    assert [(r.path, r.reason, r.detail) for r in rejected] == [
+        ("circle/b.png", "duplicate", "same bytes as circle/a.png")
+    ]

@@ -1,15 +1,63 @@
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.collect import safe_label
+from tasks.sources import (
+    RESERVED_COLUMNS,
+    SourceError,
+    manifest_items,
+    safe_label,
+    url_list_items,
+)
 from tests.conftest import REPO
-from tests.images import write_image_folder
-from tests.project import make_project, sh
+from tests.http_server import GOOD_JPEG, GOOD_PNG, TRICKLE_PNG, ImageServer
+from tests.images import image_bytes, shape_image, write_image_folder
+from tests.project import env, make_project, sh
+
+# fast, small limits for the local server: 1 s per attempt, 1 retry after 0.05 s, 64 KiB cap
+LIMITS = ("--timeout", "1", "--retries", "1", "--backoff", "0.05", "--max-mb", "0.0625")
+
+
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch):
+    """Rich wraps tables to the terminal width; a wide one keeps each row on one line."""
+    monkeypatch.setenv("COLUMNS", "400")
 
 
 def _collect(project, *args):
     return sh("visiontune", "collect", *args, cwd=project).stdout.replace("\n", "")
+
+
+def _collect_lines(project, *args) -> list[str]:
+    return sh("visiontune", "collect", *args, cwd=project).stdout.splitlines()
+
+
+def _refusals(lines: list[str]) -> dict[str, str]:
+    """{source: reason} from the printed 'refused' table."""
+    rows = {}
+    for line in lines:
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 3 and cells[1] and cells[0] != "source":
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def _data_files(project) -> set[str]:
+    data = project / "data"
+    return {p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file()}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_folder_collect_is_idempotent_and_reports_changes(tmp_path, prefect_server):
@@ -18,15 +66,34 @@ def test_folder_collect_is_idempotent_and_reports_changes(tmp_path, prefect_serv
     project = make_project(tmp_path / "project")
     out = _collect(project, "folder", str(source))
     assert "6 new, 0 changed, 0 unchanged" in out
-    assert sorted(p.name for p in (project / "data").iterdir()) == ["blue", "red_things"]
+    assert sorted(p.name for p in (project / "data").iterdir()) == [
+        "blue",
+        "labels.csv",
+        "red_things",
+        "sources.csv",
+    ]
     first = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
 
     assert "0 new, 0 changed, 6 unchanged" in _collect(project, "folder", str(source))
     assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"] == first
 
     write_image_folder(source, per_class=1, seed=7, classes=("blue",))
-    assert "1 new, 0 changed, 6 unchanged" in _collect(project, "folder", str(source))
+    out = _collect(project, "folder", str(source))
+    assert "1 new, 0 changed, 6 unchanged" in out
+    assert "since the last version" in out and "1 added, 0 modified, 0 deleted" in out
     assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"] != first
+
+    changed = source / "blue" / "blue_0_000.jpg"
+    shape_image("circle", random.Random(1)).save(changed)
+    out = _collect(project, "folder", str(source))
+    assert "0 new, 1 changed, 6 unchanged" in out
+    assert "0 added, 1 modified, 0 deleted image(s)" in out
+    labels = pd.read_csv(project / "data" / "labels.csv")
+    assert labels.values.tolist() == [["blue", "blue"], ["red_things", "Red Things"]]
+    sources = pd.read_csv(project / "data" / "sources.csv")
+    assert len(sources) == 7
+    for row in sources.itertuples():
+        assert _sha((project / "data" / row.path).read_bytes()) == row.sha256
 
 
 def test_demo_collect_reproduces_the_committed_data_version(tmp_path, prefect_server):
@@ -34,10 +101,12 @@ def test_demo_collect_reproduces_the_committed_data_version(tmp_path, prefect_se
     project = make_project(tmp_path / "project")
     out = _collect(project, "demo")
     assert "600 new" in out
+    labels = pd.read_csv(project / "data" / "labels.csv")
+    assert "Food & Drink" in labels["label"].tolist()
     committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
     collected = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]
     assert collected["md5"] == committed["md5"]
-    assert collected["nfiles"] == committed["nfiles"] == 600
+    assert collected["nfiles"] == committed["nfiles"] == 602  # 600 images + labels + sources
 
 
 def test_folder_collect_errors_clearly(tmp_path, monkeypatch):
@@ -50,3 +119,198 @@ def test_folder_collect_errors_clearly(tmp_path, monkeypatch):
 def test_safe_label():
     assert safe_label("Food & Drink") == "food_drink"
     assert safe_label("  ../etc ") == "etc"
+    assert safe_label("Café Crème") == "cafe_creme"
+    cat, dog = safe_label("猫"), safe_label("犬")
+    assert cat.startswith("label_") and cat != dog
+    with pytest.raises(ValueError, match="empty label"):
+        safe_label("   ")
+
+
+def test_url_collect_survives_every_kind_of_bad_url(tmp_path, prefect_server):
+    project = make_project(tmp_path / "project")
+    with ImageServer(slow_seconds=3.0, flaky_failures=1) as server:
+        urls = tmp_path / "urls.txt"
+        good = {
+            "/good.png": ("circle", GOOD_PNG),
+            "/octet.jpg": ("Square Things", GOOD_JPEG),
+            "/flaky.png": ("triangle", None),
+        }
+        bad = {
+            "/slow.png": "timeout",
+            "/big.png": "too_large",
+            "/big-stream.png": "too_large",
+            "/page.html": "wrong_type",
+            "/fake.png": "not_an_image",
+            "/missing.png": "http_error",
+            "/error.png": "http_error",
+        }
+        lines = ["# one URL and a label per line"]
+        lines += [f"{server.url(p)} {label}" for p, (label, _) in good.items()]
+        lines += [f"{server.url(p)}" for p in bad]  # these take --label
+        lines += ["file:///etc/passwd circle", "ftp://example.com/x.png circle", ""]
+        urls.write_text("\n".join(lines) + "\n")
+
+        out = _collect_lines(project, "urls", str(urls), "--label", "circle", *LIMITS)
+        text = " ".join(out)
+        assert "3 new, 0 changed, 0 unchanged, 9 refused" in text
+        refused = _refusals(out)
+        expected = {server.url(p): reason for p, reason in bad.items()}
+        expected |= {"file:///etc/passwd": "bad_scheme", "ftp://example.com/x.png": "bad_scheme"}
+        assert refused == expected
+        # transient failures were retried once (Prefect task retries), permanent ones were not
+        assert server.hits["/slow.png"] == 2
+        assert server.hits["/error.png"] == 2
+        assert server.hits["/flaky.png"] == 2
+        assert server.hits["/missing.png"] == 1
+        assert server.hits["/page.html"] == 1
+        assert server.hits["/big.png"] == 1
+
+        # exactly the good images are in data/ (no partial or temp file of a refused one)
+        files = _data_files(project)
+        images = {f for f in files if "/" in f}
+        assert len(images) == 3
+        assert {f.split("/")[0] for f in images} == {"circle", "square_things", "triangle"}
+        sources = pd.read_csv(project / "data" / "sources.csv").set_index("source")
+        assert sources.loc[server.url("/good.png"), "sha256"] == _sha(GOOD_PNG)
+        assert sources.loc[server.url("/octet.jpg"), "label"] == "Square Things"
+        for row in sources.itertuples():
+            assert _sha((project / "data" / row.path).read_bytes()) == row.sha256
+
+        # idempotent: what is there is not downloaded again
+        before = dict(server.hits)
+        urls.write_text("\n".join(f"{server.url(p)} {label}" for p, (label, _) in good.items()))
+        text = " ".join(_collect_lines(project, "urls", str(urls), *LIMITS))
+        assert "0 new, 0 changed, 3 unchanged, 0 refused" in text
+        assert dict(server.hits) == before
+
+
+def test_a_killed_download_leaves_nothing_in_data(tmp_path, prefect_server):
+    project = make_project(tmp_path / "project")
+    with ImageServer() as server:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{server.url('/trickle.png')} circle\n")
+        proc = subprocess.Popen(
+            ["visiontune", "collect", "urls", str(urls), "--timeout", "120"],
+            cwd=project,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            temp = []
+            while not temp and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+                temp = (
+                    list((project / "data").rglob(".*.tmp")) if (project / "data").exists() else []
+                )
+            assert temp, "the download never started"
+            assert temp[0].stat().st_size < len(TRICKLE_PNG)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the collect we started, mid-download
+            proc.wait(timeout=30)
+        server.release_trickle.set()
+        assert {
+            f for f in _data_files(project) if not f.rsplit("/", 1)[-1].startswith(".")
+        } == set()
+        assert not (project / "data.dvc").exists()
+
+        server.trickle_fast = True
+        text = _collect(project, "urls", str(urls))
+        assert "1 new, 0 changed, 0 unchanged, 0 refused" in text
+        files = _data_files(project)
+        assert not [f for f in files if f.endswith(".tmp")]  # the leftover was removed
+        image = next(f for f in files if f.startswith("circle/"))
+        assert (project / "data" / image).read_bytes() == TRICKLE_PNG
+
+
+def _write_manifest_tree(tmp_path):
+    """A manifest folder with good rows and every kind of unsafe or unusable row."""
+    root = tmp_path / "shared"
+    (root / "imgs").mkdir(parents=True)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(image_bytes(shape_image("circle", random.Random(1))))
+    for i, kind in enumerate(("circle", "square", "triangle", "circle")):
+        (root / "imgs" / f"{i}.png").write_bytes(image_bytes(shape_image(kind, random.Random(i))))
+    (root / "imgs" / "escape.png").symlink_to(outside)  # inside the root, pointing outside
+    (root / "imgs" / "alias.png").symlink_to(root / "imgs" / "0.png")  # stays inside: fine
+    rows = [
+        ("imgs/0.png", "", "Café Crème", "s1"),
+        ("imgs/1.png", "", "猫", "s1"),
+        (str(root / "imgs" / "2.png"), "", "triangle", "s2"),  # absolute, inside the root
+        ("imgs/alias.png", "", "Café Crème", "s3"),
+        ("../outside.png", "", "circle", ""),
+        (str(outside), "", "circle", ""),
+        ("imgs/../../outside.png", "", "circle", ""),
+        ("imgs/escape.png", "", "circle", ""),
+        ("imgs/nope.png", "", "circle", ""),
+        ("imgs/3.png", "", "", ""),
+        ("", "file:///etc/passwd", "circle", ""),
+    ]
+    frame = pd.DataFrame(rows, columns=["path", "url", "label", "group"])
+    return root, frame, outside
+
+
+def test_manifest_collect_refuses_escapes_and_keeps_labels_and_columns(tmp_path, prefect_server):
+    root, frame, outside = _write_manifest_tree(tmp_path)
+    with ImageServer() as server:
+        frame.loc[len(frame)] = ["", server.url("/good.png"), "circle", "s4"]
+        manifest = root / "manifest.csv"
+        frame.to_csv(manifest, index=False)
+        project = make_project(tmp_path / "project")
+        out = _collect_lines(project, "manifest", str(manifest), *LIMITS)
+    text = " ".join(out)
+    assert "5 new, 0 changed, 0 unchanged, 7 refused" in text
+    assert _refusals(out) == {
+        "../outside.png": "path_escape",
+        str(outside): "path_escape",
+        "imgs/../../outside.png": "path_escape",
+        "imgs/escape.png": "symlink_escape",
+        "imgs/nope.png": "missing",
+        "imgs/3.png": "no_label",
+        "file:///etc/passwd": "bad_scheme",
+    }
+    cat = safe_label("猫")
+    labels = pd.read_csv(project / "data" / "labels.csv")
+    assert labels.values.tolist() == sorted(
+        [["cafe_creme", "Café Crème"], [cat, "猫"], ["circle", "circle"], ["triangle", "triangle"]]
+    )
+    sources = pd.read_csv(project / "data" / "sources.csv", keep_default_na=False)
+    assert list(sources.columns) == ["path", "label", "source", "sha256", "group"]
+    assert sorted(sources["group"]) == ["s1", "s1", "s2", "s3", "s4"]
+    assert outside.read_bytes() not in {
+        (project / "data" / p).read_bytes() for p in sources["path"]
+    }
+    assert len(_data_files(project)) == 5 + 2
+
+
+def test_manifest_readers(tmp_path):
+    root, frame, _ = _write_manifest_tree(tmp_path)
+    frame.to_parquet(root / "manifest.parquet")
+    items, refused = manifest_items(root / "manifest.parquet")
+    assert len(items) == 4 and len(refused) == 7
+    assert dict(items[0].extra) == {"group": "s1"}
+    for bad_columns in (["file", "label"], ["path", "category"]):
+        pd.DataFrame(columns=bad_columns).to_csv(root / "bad.csv", index=False)
+        with pytest.raises(SourceError, match="needs a 'label' column and a 'path' or 'url'"):
+            manifest_items(root / "bad.csv")
+    pd.DataFrame(columns=["path", "label", "split"]).to_csv(root / "bad.csv", index=False)
+    assert "split" in RESERVED_COLUMNS
+    with pytest.raises(SourceError, match=r"\['split'\] are reserved"):
+        manifest_items(root / "bad.csv")
+    (root / "urls.txt").write_text("https://a.example/x.png\thello world\nhttp://b.example/y\n")
+    items, refused = url_list_items(root / "urls.txt")
+    assert [(i.label, i.url) for i in items] == [("hello world", "https://a.example/x.png")]
+    assert [(r.source, r.reason) for r in refused] == [("http://b.example/y", "no_label")]
+
+
+def test_manifest_collect_errors_clearly(tmp_path, prefect_server):
+    project = make_project(tmp_path / "project")
+    (tmp_path / "m.csv").write_text("file,label\na.png,cat\n")
+    proc = sh(
+        "visiontune", "collect", "manifest", str(tmp_path / "m.csv"), cwd=project, check=False
+    )
+    assert proc.returncode == 2
+    assert "needs a 'label' column and a 'path' or 'url' column" in proc.stderr.replace("\n", "")
+    assert not (project / "data").exists()

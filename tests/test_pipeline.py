@@ -32,7 +32,7 @@ def test_collect_versions_the_data_with_dvc(ran_project):
     project, collected, _ = ran_project
     assert "43 new, 0 changed, 0 unchanged" in collected.stdout
     dvc_file = yaml.safe_load((project / "data.dvc").read_text())
-    assert dvc_file["outs"][0]["nfiles"] == 43
+    assert dvc_file["outs"][0]["nfiles"] == 43 + 2  # + data/labels.csv and data/sources.csv
     assert (project / "data" / "circle" / "broken.png").is_file()
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from params import SplitParams
-from tasks.split import SplitError, assign_splits, split_counts
+from tasks.split import SplitError, assign_splits, fold_counts, plan_splits, split_counts
 
 
 def _manifest(n_per_class: int, classes=("a", "b", "c"), start: int = 0) -> pd.DataFrame:
@@ -43,9 +43,72 @@ def test_seed_changes_the_assignment():
 
 
 def test_a_class_without_training_images_fails_clearly():
-    manifest = pd.concat([_manifest(30, classes=("a",)), _manifest(1, classes=("rare",))])
+    manifest = pd.concat([_manifest(30, classes=("a",)), _manifest(4, classes=("rare",))])
     params = SplitParams(train=0.01, val=0.01, test=0.98)
-    with pytest.raises(SplitError, match=r"no training image"):
+    with pytest.raises(SplitError, match=r"\['rare'\] have no training image"):
         assign_splits(manifest, params)
     with pytest.raises(SplitError, match="empty"):
         assign_splits(manifest.iloc[0:0], SplitParams())
+
+
+def test_a_tiny_class_goes_to_train_with_a_clear_message():
+    manifest = pd.concat([_manifest(40, classes=("a",)), _manifest(2, classes=("rare",))])
+    plan = plan_splits(manifest, SplitParams(train=0.01, val=0.01, test=0.98))
+    rare = plan.frame[plan.frame["label"] == "rare"]
+    assert rare["split"].tolist() == ["train", "train"]
+    assert any("['rare'] have fewer images than the 3 splits" in m for m in plan.messages)
+
+
+def test_near_duplicate_groups_never_straddle_splits():
+    manifest = _manifest(200)
+    groups = manifest["sha256"].copy()
+    for start in range(0, 600, 6):  # groups of 6 images (of one class)
+        groups.iloc[start : start + 6] = manifest["sha256"].iloc[start : start + 6].min()
+    manifest["dup_group"] = groups
+    split = assign_splits(manifest, SplitParams(folds=4))
+    per_group = split.groupby("dup_group")[["split", "fold"]].nunique()
+    assert (per_group == 1).all().all()
+    assert split["split"].nunique() == 3  # groups still spread over the splits
+
+
+def test_grouping_column_keeps_rows_together_across_classes():
+    manifest = _manifest(100)
+    manifest["subject"] = [f"s{i % 37}" if i % 5 else "" for i in range(len(manifest))]
+    split = assign_splits(manifest, SplitParams(group_by="subject", folds=3))
+    named = split[split["subject"] != ""]
+    assert (named.groupby("subject")[["split", "fold"]].nunique() == 1).all().all()
+    assert named["label"].nunique() == 3  # a subject spans classes and still stays together
+    alone = split[split["subject"] == ""]
+    expected = assign_splits(manifest.drop(columns="subject"), SplitParams(folds=3))
+    assert alone["split"].tolist() == expected.loc[alone.index, "split"].tolist()
+    with pytest.raises(SplitError, match="'site' is not a column"):
+        assign_splits(manifest, SplitParams(group_by="site"))
+
+
+def test_k_fold_assignment():
+    manifest = _manifest(300)
+    params = SplitParams(folds=5, seed=2)
+    split = assign_splits(manifest, params)
+    folded = split[split["split"] != "test"]
+    assert split["fold"].dtype == "int64"
+    assert set(folded["fold"]) == set(range(5))
+    assert (split.loc[split["split"] == "test", "fold"] == -1).all()
+    table = fold_counts(split, 5)
+    for label in "abc":
+        share = table.loc[label] / table.loc[label].sum()
+        assert share.to_numpy() == pytest.approx([0.2] * 5, abs=0.07)
+    # deterministic, and adding images never moves an old image's fold
+    grown = pd.concat([manifest, _manifest(50, start=300)], ignore_index=True)
+    after = assign_splits(grown, params).set_index("path")
+    before = split.set_index("path")
+    assert after.loc[before.index, "fold"].tolist() == before["fold"].tolist()
+    assert "fold" not in assign_splits(manifest, SplitParams()).columns
+
+
+def test_a_single_fold_is_a_params_error(tmp_path):
+    from params import ParamsError, load_params
+
+    path = tmp_path / "split.yaml"
+    path.write_text("folds: 1\n")
+    with pytest.raises(ParamsError, match=r"split.yaml: folds: folds must be 0"):
+        load_params(SplitParams, path)

@@ -1,0 +1,74 @@
+"""Decode one raw file into an upright RGB image, or say why it cannot be used.
+
+Pillow does the work: its decompression-bomb limit is checked from the header
+before any pixel is decoded, `load()` decodes fully (so a truncated file fails
+here, not in training), and EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Modes with a meaningful RGB rendering. Others (e.g. 'F', 32-bit float with no
+# defined range) are rejected as unsupported_mode rather than guessed at.
+ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+PLAIN_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+class RejectedImage(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # RGB, upright, full size
+    mode: str  # the file's own mode before conversion
+    format: str
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """RGB for every supported mode: alpha is composited on `background`, 16-bit is scaled."""
+    mode = img.mode
+    if mode in ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if mode in SIXTEEN_BIT:
+        # Pillow's own I;16 → RGB conversion clips at 255; scale the 16-bit range instead
+        values = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    if mode in PLAIN_MODES:
+        return img.convert("RGB")
+    raise RejectedImage("unsupported_mode", f"mode {mode} has no defined RGB rendering")
+
+
+def decode(raw: bytes, background: tuple[int, int, int], max_pixels: int) -> Decoded:
+    """Fully decode, apply EXIF orientation and return an RGB image, or raise RejectedImage."""
+    if not raw:
+        raise RejectedImage("empty", "zero-byte file")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            fmt = img.format or "unknown"
+            img.load()
+            mode = img.mode
+            img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RejectedImage("decompression_bomb", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise RejectedImage("not_an_image", "Pillow cannot identify the format") from exc
+    except Exception as exc:  # a broken file can make any decoder raise anything
+        raise RejectedImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
+    return Decoded(to_rgb(img, background), mode, fmt)

@@ -1,0 +1,288 @@
+"""Where images come from: the demo set, an ImageFolder tree, a CSV/parquet manifest, a URL list.
+
+Each reader returns the items to write into data/<folder>/<name> and the
+entries it refused. An entry is refused with a reason, never followed, when it
+is unsafe (a path escaping its root, a symlink pointing outside it, a URL that
+is not http/https) or unusable (missing file, no label).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import pandas as pd
+
+DEMO_PACKAGE = "emoji-datasource-google"
+DEMO_VERSION = "16.0.0"
+# Visually distinct emoji categories; "Component" (5 skin-tone swatches) is left out.
+DEMO_CLASSES = (
+    "Animals & Nature",
+    "Flags",
+    "Food & Drink",
+    "Smileys & Emotion",
+    "Travel & Places",
+)
+DEMO_PER_CLASS = 120
+
+# Columns visiontune itself writes into data/sources.csv and the clean/split tables: a
+# collect manifest may carry other columns (e.g. `group`), but not these.
+RESERVED_COLUMNS = frozenset(
+    {"path", "url", "label", "source", "sha256", "original_label", "folder"}
+    | {"bytes", "width", "height", "cache", "phash", "mode", "dup_group", "split", "fold"}
+)
+MAX_NAME = 120
+# The two tables collect keeps in data/ beside the images (see tasks/collect.py).
+LABELS_FILE = "labels.csv"
+SOURCES_FILE = "sources.csv"
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image to bring into data/: from a local file, a URL, or bytes in memory."""
+
+    label: str  # the original label; the folder is safe_label(label)
+    name: str  # file name under data/<folder>/
+    origin: str  # where it came from, recorded in data/sources.csv
+    path: Path | None = None
+    url: str | None = None
+    data: bytes | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # other manifest columns, e.g. (("group", "s7"),)
+
+    @property
+    def folder(self) -> str:
+        return safe_label(self.label)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    source: str
+    reason: str
+    detail: str
+
+
+class SourceError(ValueError):
+    """The source as a whole cannot be read (missing file, wrong columns)."""
+
+
+def safe_label(label: str) -> str:
+    """A label as a folder name: ASCII lowercase words joined by '_' ('Food & Drink' → food_drink).
+
+    A label with no usable ASCII characters ('猫') becomes label_<hash>, so two
+    such labels never share a folder; data/labels.csv keeps the original.
+    """
+    text = str(label).strip()
+    if not text:
+        raise ValueError("empty label")
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^0-9a-zA-Z]+", "_", ascii_text).strip("_").lower()[:64].strip("_")
+    if not name:
+        name = "label_" + hashlib.sha256(text.encode()).hexdigest()[:10]
+    return name
+
+
+def safe_name(name: str) -> str:
+    """A file name that is safe in any folder: no separators or control characters, no
+    leading dot (hidden files are ignored), bounded length; other characters are kept."""
+    cleaned = re.sub(r"[/\\\x00-\x1f\x7f]+", "_", name).strip().lstrip(".") or "file"
+    if len(cleaned) > MAX_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+        suffix = Path(cleaned).suffix if len(Path(cleaned).suffix) <= 10 else ""
+        cleaned = f"{cleaned[: MAX_NAME - 22]}_{digest}{suffix}"
+    return cleaned
+
+
+def url_name(url: str) -> str:
+    """data/ file name for a URL: a short hash of the URL (unique) + its last path segment."""
+    tail = PurePosixPath(unquote(urlsplit(url).path)).name or "image"
+    return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}_{safe_name(tail)}"
+
+
+def check_url(url: str) -> Refusal | None:
+    """Only absolute http(s) URLs are fetched; anything else is refused before any network."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return Refusal(url, "bad_scheme", "only http:// and https:// URLs are downloaded")
+    return None
+
+
+def inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def resolve_within(raw: str, root: Path) -> tuple[Path | None, Refusal | None]:
+    """The file a manifest entry names (as written, normalised), if it stays inside `root`.
+
+    `../`, absolute paths outside the root, and symlinks whose target is outside
+    the root are refused; relative paths resolve against the root.
+    """
+    given = Path(raw)
+    candidate = given if given.is_absolute() else root / given
+    lexical = Path(os.path.normpath(candidate))
+    if not inside(lexical, root):
+        return None, Refusal(raw, "path_escape", f"resolves outside {root}")
+    real = lexical.resolve()
+    if not inside(real, root):
+        return None, Refusal(raw, "symlink_escape", f"a symlink points outside {root} (to {real})")
+    if not real.exists():
+        return None, Refusal(raw, "missing", "no such file")
+    if not real.is_file():
+        return None, Refusal(raw, "not_a_file", "not a regular file")
+    return lexical, None
+
+
+def demo_items(
+    tarball: Path, classes: tuple[str, ...] = DEMO_CLASSES, per_class: int = DEMO_PER_CLASS
+) -> list[SourceItem]:
+    """The demo set (label = emoji category), in the package's sort order."""
+    with tarfile.open(tarball) as tar:
+        meta = json.load(tar.extractfile("package/emoji.json"))  # type: ignore[arg-type]
+        chosen: dict[str, list[dict]] = {c: [] for c in classes}
+        for emoji in sorted(meta, key=lambda e: e["sort_order"]):
+            bucket = chosen.get(emoji["category"])
+            if bucket is not None and emoji.get("has_img_google") and len(bucket) < per_class:
+                bucket.append(emoji)
+        wanted = {
+            f"package/img/google/64/{e['image']}": (category, e["image"])
+            for category, emojis in chosen.items()
+            for e in emojis
+        }
+        # one sequential pass: random access into a .tgz re-decompresses from the start
+        found = {}
+        for member in tar:
+            if member.name in wanted:
+                found[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    origin = f"npm:{DEMO_PACKAGE}@{DEMO_VERSION}/"
+    return [
+        SourceItem(label=label, name=name, origin=origin + member, data=found[member])
+        for member, (label, name) in wanted.items()
+        if member in found
+    ]
+
+
+def folder_items(root: Path) -> tuple[list[SourceItem], list[Refusal]]:
+    """Items of an ImageFolder tree root/<label>/…/<file>; links leaving the root are refused."""
+    if not root.is_dir():
+        raise SourceError(f"{root} is not a folder")
+    root = root.resolve()
+    items: list[SourceItem] = []
+    refused: list[Refusal] = []
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if label_dir.is_symlink() and not inside(label_dir.resolve(), root):
+            refused.append(Refusal(str(label_dir), "symlink_escape", "links outside the folder"))
+            continue
+        for folder, dirs, files in os.walk(label_dir):
+            here = Path(folder)
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for d in dirs:  # os.walk does not enter linked folders; say so when one leaves
+                if (here / d).is_symlink() and not inside((here / d).resolve(), root):
+                    refused.append(
+                        Refusal(str(here / d), "symlink_escape", "links outside the folder")
+                    )
+            for name in sorted(f for f in files if not f.startswith(".")):
+                path = here / name
+                found, refusal = resolve_within(str(path), root)
+                if refusal:
+                    refused.append(refusal)
+                    continue
+                rel = path.relative_to(label_dir).as_posix().replace("/", "__")
+                items.append(
+                    SourceItem(
+                        label=label_dir.name, name=safe_name(rel), origin=str(path), path=found
+                    )
+                )
+    if not items and not refused:
+        raise SourceError(f"{root} holds no files in <label>/<file> sub-folders")
+    return items, refused
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or parquet manifest as strings (missing cells are '')."""
+    if not path.is_file():
+        raise SourceError(f"{path}: file not found")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
+        raise SourceError(f"{path}: cannot read it as CSV/parquet: {exc}") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.astype(object).where(frame.notna(), "").astype(str)
+
+
+def manifest_items(path: Path) -> tuple[list[SourceItem], list[Refusal]]:
+    """Rows of a manifest with `label` and `path` and/or `url`; other columns ride along.
+
+    Relative paths resolve against the manifest's folder, which is also the root
+    that no path may leave.
+    """
+    frame = read_table(path)
+    columns = set(frame.columns)
+    if "label" not in columns or not columns & {"path", "url"}:
+        raise SourceError(
+            f"{path}: needs a 'label' column and a 'path' or 'url' column "
+            f"(found: {', '.join(frame.columns) or 'none'})"
+        )
+    extra_cols = [c for c in frame.columns if c not in ("path", "url", "label")]
+    clashing = [c for c in extra_cols if c in RESERVED_COLUMNS or not c]
+    if clashing:
+        raise SourceError(f"{path}: column name(s) {clashing} are reserved by visiontune: rename")
+    root = path.resolve().parent
+    items: list[SourceItem] = []
+    refused: list[Refusal] = []
+    for row in frame.to_dict(orient="records"):
+        where = (row.get("path") or "").strip()
+        url = (row.get("url") or "").strip()
+        label = row["label"].strip()
+        extra = tuple((c, row[c]) for c in extra_cols)
+        if not where and not url:
+            refused.append(Refusal(f"{path} row", "missing", "neither path nor url is set"))
+            continue
+        source = where or url
+        if not label:
+            refused.append(Refusal(source, "no_label", "the label cell is empty"))
+            continue
+        if where:
+            found, refusal = resolve_within(where, root)
+            if refusal:
+                refused.append(refusal)
+                continue
+            rel = found.relative_to(root).as_posix().replace("/", "__")  # type: ignore[union-attr]
+            items.append(SourceItem(label, safe_name(rel), source, path=found, extra=extra))
+        else:
+            refusal = check_url(url)
+            if refusal:
+                refused.append(refusal)
+                continue
+            items.append(SourceItem(label, url_name(url), url, url=url, extra=extra))
+    return items, refused
+
+
+def url_list_items(path: Path, default_label: str = "") -> tuple[list[SourceItem], list[Refusal]]:
+    """A text file of `URL [LABEL]` lines ('#' comments, blank lines skipped)."""
+    if not path.is_file():
+        raise SourceError(f"{path}: file not found")
+    items: list[SourceItem] = []
+    refused: list[Refusal] = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        url, *rest = re.split(r"\s+", line, maxsplit=1)
+        label = rest[0].strip() if rest else default_label
+        refusal = check_url(url)
+        if refusal:
+            refused.append(refusal)
+        elif not label:
+            refused.append(Refusal(url, "no_label", "no label on the line and no --label given"))
+        else:
+            items.append(SourceItem(label, url_name(url), url, url=url))
+    return items, refused

@@ -1,0 +1,159 @@
+"""Albumentations transforms chosen by name in params/augment.yaml, checked against the library.
+
+A spec is a one-key mapping `{Name: {argument: value}}`. The name must be an
+albumentations transform class and every argument a parameter of its
+constructor (albumentations itself only warns about unknown ones); the values
+are then checked by the transform's own pydantic schema. Each problem becomes
+a TransformError whose message names the item, the transform and the argument.
+
+Kept free of params imports: params/schema.py calls `check_specs` while validating.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+WHITE = (255, 255, 255)
+BORDER_CONSTANT = 0  # cv2.BORDER_CONSTANT: fill the corners a rotation uncovers with `fill`
+
+# What follows RandomResizedCrop in the train pipeline. `light` is the pipeline the
+# demo was tuned with; `strong` adds affine moves, blur, grey and cut-outs.
+PRESETS: dict[str, list[dict[str, dict[str, Any]]]] = {
+    "light": [
+        {"HorizontalFlip": {"p": 0.5}},
+        {"Rotate": {"limit": 15, "border_mode": BORDER_CONSTANT, "fill": WHITE, "p": 0.5}},
+        {
+            "ColorJitter": {
+                "brightness": 0.2,
+                "contrast": 0.2,
+                "saturation": 0.2,
+                "hue": 0.0,
+                "p": 0.8,
+            }
+        },
+    ],
+    "strong": [
+        {"HorizontalFlip": {"p": 0.5}},
+        {
+            "Affine": {
+                "scale": (0.85, 1.15),
+                "translate_percent": (-0.1, 0.1),
+                "rotate": (-30, 30),
+                "border_mode": BORDER_CONSTANT,
+                "fill": WHITE,
+                "p": 0.7,
+            }
+        },
+        {
+            "ColorJitter": {
+                "brightness": 0.4,
+                "contrast": 0.4,
+                "saturation": 0.4,
+                "hue": 0.05,
+                "p": 0.8,
+            }
+        },
+        {"ToGray": {"p": 0.1}},
+        {"GaussianBlur": {"blur_limit": (3, 5), "p": 0.2}},
+        {
+            "CoarseDropout": {
+                "num_holes_range": (1, 4),
+                "hole_height_range": (0.05, 0.15),
+                "hole_width_range": (0.05, 0.15),
+                "fill": 255,
+                "p": 0.3,
+            }
+        },
+    ],
+}
+# The pipelines end in these; a spec naming them would apply them twice.
+ADDED_BY_VISIONTUNE = {"RandomResizedCrop", "Normalize", "ToTensorV2"}
+
+
+class TransformError(ValueError):
+    pass
+
+
+def transform_names() -> list[str]:
+    import albumentations as A
+
+    return sorted(
+        name
+        for name in dir(A)
+        if isinstance(getattr(A, name), type) and issubclass(getattr(A, name), A.BasicTransform)
+    )
+
+
+def _schema_message(exc: Exception) -> str:
+    """One line from albumentations' pydantic ValidationError (or any other error)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc  # albumentations wraps it
+    errors = getattr(cause, "errors", None)
+    if callable(errors):
+        parts = []
+        for err in errors():
+            arg = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{arg}: {err['msg']} (got {err.get('input')!r})")
+        return "; ".join(parts)
+    return str(exc).replace("\n", " ")
+
+
+def build_transform(name: str, args: dict[str, Any] | None) -> Any:
+    """The albumentations transform `name(**args)`, or a TransformError saying what is wrong."""
+    import albumentations as A
+
+    if name in ADDED_BY_VISIONTUNE:
+        raise TransformError(f"{name}: visiontune adds it itself (image_size, scale_min, mean/std)")
+    cls = getattr(A, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+        close = difflib.get_close_matches(name, transform_names(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TransformError(f"{name}: not an albumentations transform{hint}")
+    args = dict(args or {})
+    accepted = [
+        p
+        for p, spec in inspect.signature(cls.__init__).parameters.items()
+        if p not in ("self", "always_apply") and spec.kind is not spec.VAR_KEYWORD
+    ]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise TransformError(
+            f"{name}: unknown argument(s) {', '.join(unknown)}; it takes {', '.join(accepted)}"
+        )
+    try:
+        return cls(**args)
+    except Exception as exc:  # albumentations validates with pydantic; others raise plainly
+        raise TransformError(f"{name}: {_schema_message(exc)}") from exc
+
+
+def parse_spec(index: int, spec: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise TransformError(
+            f"item {index}: write each transform as a one-key mapping, e.g. "
+            "`- HorizontalFlip: {p: 0.5}`"
+        )
+    name, args = next(iter(spec.items()))
+    if args is not None and not isinstance(args, dict):
+        raise TransformError(f"item {index} ({name}): arguments must be a mapping, got {args!r}")
+    return str(name), args or {}
+
+
+def build_transforms(specs: list[Any]) -> list[Any]:
+    """Transforms for a list of specs; errors name the item (0-based) and the transform."""
+    built = []
+    for index, spec in enumerate(specs):
+        name, args = parse_spec(index, spec)
+        try:
+            built.append(build_transform(name, args))
+        except TransformError as exc:
+            raise TransformError(f"item {index}: {exc}") from None
+    return built
+
+
+def check_specs(specs: list[Any]) -> None:
+    """Raise TransformError if any spec would not build (used by params validation)."""
+    build_transforms(specs)
