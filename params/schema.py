@@ -84,8 +84,9 @@ class TrainParams(_Params):
         "(gradual unfreezing); 0 = all at once",
     )
     # optimizer and LR
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd uses Nesterov momentum")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="SGD with Nesterov momentum")
     lr: float = Field(3e-3, gt=0, le=10, description="head LR (peak)")
     backbone_lr_mult: float = Field(
         0.1, gt=0, le=1, description="top backbone stage LR = lr × this"

@@ -46,7 +46,9 @@ def param_groups(clf: Classifier, params: TrainParams) -> list[dict]:
 
 def make_optimizer(groups: list[dict], params: TrainParams) -> torch.optim.Optimizer:
     if params.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=params.momentum, nesterov=params.momentum > 0)
+        return torch.optim.SGD(
+            groups, momentum=params.momentum, nesterov=params.nesterov and params.momentum > 0
+        )
     return torch.optim.AdamW(groups)
 
 
