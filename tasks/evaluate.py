@@ -46,7 +46,7 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
 def roc_auc(
     probs: np.ndarray, targets: np.ndarray, labels: np.ndarray
 ) -> tuple[float | None, list]:
-    """(macro one-vs-rest ROC-AUC, per-class AUCs); None where a class lacks positives or negatives."""
+    """(macro one-vs-rest ROC-AUC, per-class AUCs); None where a class lacks positives/negatives."""
     per_class: list[float | None] = []
     for c in labels:
         positive = targets == c
