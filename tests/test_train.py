@@ -165,6 +165,7 @@ def test_checkpoint_holds_the_whole_training_state(data, tmp_path):
 CHILD = """
 import sys, time
 from pathlib import Path
+import pandas as pd
 from params import CleanParams, TrainParams
 from tasks.augment import load_pipeline
 from tasks.train import TrainData, fit
