@@ -69,14 +69,9 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
         ev.predictions.assign(cache=test["cache"].to_numpy()), params.gallery
     )
     write_csv(gallery.drop(columns=["gallery"]), out / "misclassified.csv")
-    if len(gallery):
-        plot_gallery(
-            gallery,
-            data.clean_dir,
-            "misclassified test images, highest loss first",
-            out / "misclassified.png",
-        )
-        publish_image("evaluate-misclassified", out / "misclassified.png", "misclassified images")
+    title = "misclassified test images, highest loss first" if len(gallery) else "no mistakes"
+    plot_gallery(gallery, data.clean_dir, title, out / "misclassified.png")
+    publish_image("evaluate-misclassified", out / "misclassified.png", "misclassified images")
     publish_markdown(
         "evaluate-summary",
         "# evaluate (test split)\n\n"
