@@ -83,6 +83,11 @@ class TrainParams(_Params):
         description="backbone stages unfrozen per epoch after freeze_epochs, from the top "
         "(gradual unfreezing); 0 = all at once",
     )
+    batchnorm: Literal["frozen", "adapt"] = Field(
+        "frozen",
+        description="backbone BatchNorm: frozen = running statistics never move (eval mode); "
+        "adapt = batch statistics and updated running statistics, even in frozen stages",
+    )
     # optimizer and LR
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")

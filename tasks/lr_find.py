@@ -49,7 +49,7 @@ def lr_range_test(
     classes = data.classes
     clf = build_classifier(params.model, params.weights, len(classes), params.dropout)
     clf.net.to(device).train()
-    clf.set_trainable_stages(trainable_stages(params, 0, len(clf.stages)))
+    clf.set_trainable_stages(trainable_stages(params, 0, len(clf.stages)), params.batchnorm)
     train_set = CachedImages(
         data.part("train"), data.clean_dir, data.train_pipeline, classes, params.seed
     )

@@ -58,11 +58,16 @@ class Classifier:
             groups[owner.get(id(p), 0)].append(p)
         return groups
 
-    def set_trainable_stages(self, n_top: int) -> None:
+    def set_trainable_stages(self, n_top: int, batchnorm: str = "frozen") -> None:
         """Train the head and the top `n_top` backbone stages; freeze the rest for real.
 
-        Frozen parameters get no gradient, and frozen modules stay in eval mode
-        so BatchNorm running statistics do not move either. Call after `net.train()`.
+        Frozen parameters get no gradient. `batchnorm` says what the backbone's
+        BatchNorm layers do (call after `net.train()`): "frozen" keeps every one
+        in eval mode, frozen stage or not, so its running statistics never move
+        and the features do not shift when a stage unfreezes (Keras' advice);
+        "adapt" keeps them all normalising with batch statistics and updating
+        their running statistics, frozen stage or not (fastai's train_bn).
+        Other modules of frozen stages (dropout) are in eval mode.
         """
         groups = self.stage_parameters()
         n_frozen = max(0, len(groups) - n_top)
@@ -74,9 +79,16 @@ class Classifier:
         for names in self.stages[:n_frozen]:
             for name in names:
                 self.net.get_submodule(name).eval()
+        for module in self.backbone_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train(batchnorm == "adapt" and self.net.training)
 
-    def freeze_backbone(self, frozen: bool) -> None:
-        self.set_trainable_stages(0 if frozen else len(self.stages))
+    def backbone_modules(self) -> list[nn.Module]:
+        head = {id(m) for m in self.head.modules()}
+        return [m for m in self.net.modules() if id(m) not in head]
+
+    def freeze_backbone(self, frozen: bool, batchnorm: str = "frozen") -> None:
+        self.set_trainable_stages(0 if frozen else len(self.stages), batchnorm)
 
 
 def preprocessing(model: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -344,7 +344,7 @@ def fit(
     for epoch in range(start_epoch, params.epochs):
         n_trainable = trainable_stages(params, epoch, n_stages)
         net.train()
-        clf.set_trainable_stages(n_trainable)
+        clf.set_trainable_stages(n_trainable, params.batchnorm)
         model = wrapped.for_stages(n_trainable)
         generator.manual_seed(epoch_seed(params.seed, epoch) + ranks.rank)
         train_set.reseed(epoch_seed(params.seed, epoch) + ranks.rank)

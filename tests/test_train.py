@@ -83,6 +83,16 @@ def test_freezing_leaves_the_backbone_unchanged_and_trains_the_head(data):
     assert all(torch.equal(v, after[k]) for k, v in backbone_before.items())
     assert not torch.equal(head_before, clf.head.weight)
 
+    # batchnorm: adapt (fastai's train_bn): frozen weights, BatchNorm statistics follow the data
+    clf.net.train()
+    clf.freeze_backbone(True, batchnorm="adapt")
+    clf.net(images)
+    moved = clf.net.state_dict()
+    assert not torch.equal(backbone_before["_bn0.running_mean"], moved["_bn0.running_mean"])
+    assert torch.equal(backbone_before["_conv_stem.weight"], moved["_conv_stem.weight"])
+    assert torch.equal(backbone_before["_bn0.weight"], moved["_bn0.weight"])
+    assert all(p.grad is None for p in clf.backbone_parameters())
+
 
 def test_gradual_unfreezing_trains_only_the_top_stages(data, tmp_path):
     """Head only, then one more stage per epoch: the lower stages never move, BN stats included."""
