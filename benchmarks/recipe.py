@@ -6,11 +6,12 @@ Runs on a project whose clean, split and augment stages have run (e.g. after
 `make demo`); reads params/train.yaml as the default recipe (not the tune
 stage's values) and compares it with:
 
-- plain: a torchvision-style fine-tune: every layer from the first step at
-  one LR, SGD momentum 0.9 (lr 0.01, weight decay 1e-4, the torchvision
-  classification reference's fine-tuning setup), constant LR, no warmup,
-  label smoothing, dropout, MixUp/CutMix or EMA;
-- linear_probe: the backbone frozen for every epoch, only the new head trains.
+- plain: a torchvision-style fine-tune: every layer trains from the first
+  step at one LR with SGD momentum 0.9 (lr 0.01, weight decay 1e-4, as in
+  torchvision's classification reference), constant LR, BatchNorm in train
+  mode; no warmup, label smoothing, dropout, MixUp/CutMix or EMA;
+- linear_probe: the backbone frozen (BatchNorm statistics included) for every
+  epoch; only the new head trains, with the default's optimizer and schedule.
 
 Each recipe trains for the same number of epochs with the same seed; the
 epoch with the best validation score is evaluated on the test split. Prints
@@ -47,6 +48,7 @@ def recipes(default: TrainParams, epochs: int) -> dict[str, TrainParams]:
             "layer_lr_decay": 1.0,
             "freeze_epochs": 0,
             "unfreeze_stages": 0,
+            "batchnorm": "adapt",  # plain model.train(): BatchNorm follows the batches
             "schedule": "constant",
             "warmup_epochs": 0.0,
             "label_smoothing": 0.0,
@@ -57,7 +59,9 @@ def recipes(default: TrainParams, epochs: int) -> dict[str, TrainParams]:
             "grad_clip": 0.0,
         }
     )
-    probe = base.model_copy(update={"freeze_epochs": epochs, "unfreeze_stages": 0})
+    probe = base.model_copy(
+        update={"freeze_epochs": epochs, "unfreeze_stages": 0, "batchnorm": "frozen"}
+    )
     return {"default": base, "plain": plain, "linear_probe": probe}
 
 

@@ -115,7 +115,9 @@ class TrainParams(_Params):
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
     # early stopping and the kept model
     monitor: Literal["val_loss", "val_accuracy"] = Field(
-        "val_loss", description="picks the best epoch and drives early stopping"
+        "val_accuracy",
+        description="picks the kept epoch (an accuracy tie goes to the lower val loss) and "
+        "drives early stopping",
     )
     patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as better")

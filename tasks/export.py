@@ -10,6 +10,7 @@ and the exported one, and the export is rejected unless the outputs match.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -66,10 +67,13 @@ def export_onnx(net: nn.Module, meta: dict, out: Path, example: torch.Tensor) ->
 
 
 def export_torchscript(net: nn.Module, meta: dict, out: Path, example: torch.Tensor) -> Path:
+    """torch.jit.trace (TorchScript is deprecated upstream but still what many runtimes load)."""
     net.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(net, example)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(traced, str(tmp), _extra_files={"meta.json": json.dumps(metadata(meta))})
     return out
 
@@ -81,7 +85,9 @@ def run_exported(path: Path, fmt: Format, inputs: torch.Tensor) -> np.ndarray:
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(["logits"], {"image": inputs.numpy()})[0]
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return loaded(inputs).numpy()
 

@@ -101,6 +101,7 @@ class FitResult:
     history: list[EpochMetrics] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float = math.inf
+    best_loss: float = math.inf  # breaks ties of an accuracy monitor
     monitor: str = "val_loss"
     stopped_early: bool = False
     resumed_from: int | None = None
@@ -198,11 +199,14 @@ def run_fingerprint(params: TrainParams, data: TrainData) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _better(value: float, best: float, monitor: str, min_delta: float) -> bool:
+def _better(
+    value: float, best: float, monitor: str, min_delta: float, loss: float, best_loss: float
+) -> bool:
+    """Improved by more than min_delta; an accuracy tie is broken by the lower loss."""
     if not math.isfinite(best):
         return True
     if monitor.endswith("accuracy"):
-        return value > best + min_delta
+        return value > best + min_delta or (min_delta == 0 and value == best and loss < best_loss)
     return value < best - min_delta
 
 
@@ -334,6 +338,7 @@ def fit(
             result.history = [EpochMetrics(**m) for m in json.loads(state["history"])]
             result.best_epoch = state["best_epoch"]
             result.best_score = state["best_score"]
+            result.best_loss = state["best_loss"]
             bad_epochs = state["bad_epochs"]
             start_epoch = state["epoch"] + 1
             result.resumed_from = start_epoch
@@ -407,8 +412,17 @@ def fit(
         monitored = getattr(metrics, params.monitor)
         if monitored is None:  # no validation images: fall back to the training metric
             monitored = getattr(metrics, params.monitor.replace("val_", "train_"))
-        if _better(monitored, result.best_score, params.monitor, params.min_delta):
-            result.best_score, result.best_epoch, bad_epochs = monitored, epoch, 0
+        tie_loss = metrics.val_loss if metrics.val_loss is not None else metrics.train_loss
+        if _better(
+            monitored,
+            result.best_score,
+            params.monitor,
+            params.min_delta,
+            tie_loss,
+            result.best_loss,
+        ):
+            result.best_score, result.best_loss, result.best_epoch = monitored, tie_loss, epoch
+            bad_epochs = 0
             if out_dir and main:
                 payload = model_payload(evaluated.state_dict(), clf, params, data)
                 save_torch(payload | {"epoch": epoch}, out_dir / MODEL)
@@ -429,6 +443,7 @@ def fit(
                     "history": json.dumps([asdict(m) for m in result.history]),
                     "best_epoch": result.best_epoch,
                     "best_score": result.best_score,
+                    "best_loss": result.best_loss,
                     "bad_epochs": bad_epochs,
                     "stopped": stop,
                 },

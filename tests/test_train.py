@@ -115,7 +115,9 @@ def test_gradual_unfreezing_trains_only_the_top_stages(data, tmp_path):
             continue
         assert torch.equal(value, trained[key]), key
     assert not torch.equal(start["_conv_head.weight"], trained["_conv_head.weight"])
-    assert not torch.equal(start["_bn1.running_mean"], trained["_bn1.running_mean"])
+    assert not torch.equal(start["_bn1.weight"], trained["_bn1.weight"])
+    # batchnorm: frozen (the default) keeps even a trainable stage's running statistics
+    assert torch.equal(start["_bn1.running_mean"], trained["_bn1.running_mean"])
 
 
 def test_discriminative_lrs_in_optimizer_groups():
@@ -290,6 +292,15 @@ def test_early_stopping_on_the_chosen_metric(data):
     assert [m.epoch for m in result.history] == [0, 1, 2]
     assert result.best_epoch == 0 and result.monitor == "val_accuracy"
     assert result.best_score == result.history[0].val_accuracy
+
+
+def test_an_accuracy_tie_goes_to_the_lower_loss():
+    from tasks.train import _better
+
+    assert _better(0.9, 0.9, "val_accuracy", 0.0, loss=0.3, best_loss=0.4)
+    assert not _better(0.9, 0.9, "val_accuracy", 0.0, loss=0.5, best_loss=0.4)
+    assert not _better(0.9, 0.9, "val_accuracy", 0.01, loss=0.1, best_loss=0.4)
+    assert _better(0.3, 0.4, "val_loss", 0.0, loss=0.3, best_loss=0.4)
 
 
 def test_fit_learns_the_shapes(data):
