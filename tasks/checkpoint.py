@@ -57,8 +57,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
-    """The checkpoint at `path` if it belongs to this run (same params and data), else None."""
+    """The checkpoint at `path` if it is an unfinished run with these params and data.
+
+    A finished run is never resumed: DVC reruns the stage when the code
+    changed, and that must retrain rather than return the old model.
+    """
     if not path.is_file():
         return None
     state = load_torch(path)
-    return state if state.get("fingerprint") == fingerprint else None
+    if state.get("fingerprint") != fingerprint or state.get("finished"):
+        return None
+    return state

@@ -342,9 +342,6 @@ def fit(
             bad_epochs = state["bad_epochs"]
             start_epoch = state["epoch"] + 1
             result.resumed_from = start_epoch
-            if state.get("stopped") or start_epoch >= params.epochs:
-                result.stopped_early = bool(state.get("stopped"))
-                return result
 
     for epoch in range(start_epoch, params.epochs):
         n_trainable = trainable_stages(params, epoch, n_stages)
@@ -445,7 +442,7 @@ def fit(
                     "best_score": result.best_score,
                     "best_loss": result.best_loss,
                     "bad_epochs": bad_epochs,
-                    "stopped": stop,
+                    "finished": stop or epoch + 1 == params.epochs,
                 },
                 ckpt_path,
             )

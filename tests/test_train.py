@@ -161,7 +161,7 @@ def test_checkpoint_holds_the_whole_training_state(data, tmp_path):
     state = load_torch(tmp_path / CHECKPOINT)
     for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "epoch"):
         assert state[key] is not None, key
-    assert {"best_epoch", "best_score", "bad_epochs", "stopped"} <= set(state)
+    assert {"best_epoch", "best_score", "bad_epochs", "finished"} <= set(state)
     assert {"python", "numpy", "torch"} <= set(state["rng"])
     model = load_torch(tmp_path / MODEL)
     # the kept model is the EMA of the weights, not the raw last step
@@ -274,13 +274,36 @@ def test_fit_writes_model_and_resumes_after_a_crash(data, tmp_path):
 
 
 def test_changed_params_do_not_resume_an_old_checkpoint(data, tmp_path):
-    one = {**TINY, "epochs": 1, "freeze_epochs": 0}
-    fit(TrainParams(**one), data, out_dir=tmp_path, show_progress=False)
-    changed = fit(TrainParams(**{**one, "lr": 1e-3}), data, out_dir=tmp_path, show_progress=False)
-    assert changed.resumed_from is None
-    # speed-only params do not invalidate a checkpoint
-    again = fit(TrainParams(**{**one, "lr": 1e-3, "num_workers": 1}), data, out_dir=tmp_path)
+    two = {**TINY, "epochs": 2, "freeze_epochs": 0}
+
+    def stop_after_first_epoch(m):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(TrainParams(**two), data, out_dir=tmp_path, on_epoch=stop_after_first_epoch)
+    changed = TrainParams(**{**two, "lr": 1e-3})
+    with pytest.raises(KeyboardInterrupt):
+        fit(changed, data, out_dir=tmp_path, on_epoch=stop_after_first_epoch)
+    assert load_torch(tmp_path / CHECKPOINT)["epoch"] == 0  # started over, not resumed
+    # speed-only params do not invalidate the (unfinished) checkpoint of the changed run
+    again = fit(changed.model_copy(update={"num_workers": 1}), data, out_dir=tmp_path)
     assert again.resumed_from == 1
+
+
+def test_a_finished_run_is_retrained_not_resumed(data, tmp_path):
+    """A rerun after a code change (same params and data) must train again."""
+    params = TrainParams(**{**TINY, "epochs": 1, "freeze_epochs": 0})
+    fit(params, data, out_dir=tmp_path, show_progress=False)
+    epochs_run = []
+    result = fit(
+        params,
+        data,
+        out_dir=tmp_path,
+        on_epoch=lambda m: epochs_run.append(m.epoch),
+        show_progress=False,
+    )
+    assert result.resumed_from is None
+    assert epochs_run == [0]
 
 
 def test_early_stopping_on_the_chosen_metric(data):
