@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 
 import typer
@@ -200,9 +200,15 @@ def _validated(project: Project) -> None:
 def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> None:  # type: ignore[valid-type]
     """Run one stage's flow now (the cmd of each dvc.yaml stage; `dvc repro` calls this)."""
     from flows.pipeline import run_stage
+    from tasks.distributed import ranks
 
     project = _project()
     _validated(project)
+    if name.value == "train" and not ranks().is_main:  # torchrun: only rank 0 runs the flow
+        from flows.train import train_worker
+
+        train_worker(project.params("train"), str(project.root))  # type: ignore[arg-type]
+        return
     run_stage(project, name.value)
 
 
@@ -295,6 +301,179 @@ def serve(
         retrain_flow.to_deployment(name=name, cron=cron, parameters=root),
         pipeline_flow.to_deployment(name="on-demand", parameters=root),
     )
+
+
+def _model_file(project: Project, model: Path | None) -> Path:
+    from tasks.train import MODEL
+
+    path = model or project.artifacts("train") / MODEL
+    if not path.is_file():
+        _fail(f"no model at {path}: run `visiontune run` first or pass --model", 1)
+    return path
+
+
+@app.command()
+def predict(
+    target: Path = typer.Argument(..., help="an image file or a folder of images (recursive)"),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="classes listed per image"),
+    model: Path | None = typer.Option(None, help="model file (default artifacts/train/model.pt)"),
+    csv: Path | None = typer.Option(
+        None, help="where to write the CSV (default artifacts/predict/predictions.csv)"
+    ),
+) -> None:
+    """Classify images with the trained model: print a table and write a CSV."""
+    from tasks.files import write_csv
+    from tasks.predict import Predictor, list_images
+
+    project = _project()
+    model_pt = _model_file(project, model)
+    try:
+        paths = list_images(target)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if not paths:
+        _fail(f"no image files under {target}")
+    frame = Predictor.load(model_pt).predict(paths, top_k=top_k)
+    out = csv or project.artifacts("predict") / "predictions.csv"
+    write_csv(frame, out)
+    table = Table(title=f"predictions ({model_pt.name})")
+    for column in ("image", "predicted", "confidence", f"top {top_k}"):
+        table.add_column(column, justify="right" if column == "confidence" else "left")
+    for row in frame.to_dict(orient="records"):
+        if row.get("error"):
+            table.add_row(Path(row["path"]).name, "[red]error[/red]", "", row["error"])
+            continue
+        tops = ", ".join(
+            f"{row[f'top{i}']} {row[f'p{i}']:.2f}" for i in range(1, top_k + 1) if f"top{i}" in row
+        )
+        table.add_row(Path(row["path"]).name, row["predicted"], f"{row['confidence']:.3f}", tops)
+    console.print(table)
+    console.print(f"{len(frame)} image(s); CSV: {out}")
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or torchscript"),
+    model: Path | None = typer.Option(None, help="model file (default artifacts/train/model.pt)"),
+    out: Path | None = typer.Option(None, help="output file (default artifacts/export/model.*)"),
+    atol: float = typer.Option(1e-4, help="largest |logit difference| the parity check accepts"),
+) -> None:
+    """Export the model to ONNX or TorchScript and check it gives the same outputs."""
+    import torch
+
+    from tasks.export import SUFFIX, ExportParityError, export_model
+    from tasks.train import load_model
+
+    project = _project()
+    model_pt = _model_file(project, model)
+    net, meta = load_model(model_pt)
+    inputs = _parity_inputs(project, meta)
+    if inputs is None:
+        size = meta["image_size"]
+        inputs = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+    dest = out or project.artifacts("export") / f"model{SUFFIX[format.value]}"
+    try:
+        parity = export_model(net, meta, format.value, dest, inputs, atol=atol)
+    except ExportParityError as exc:
+        _fail(str(exc), 1)
+    console.print(
+        f"exported {dest} ({format.value}); parity on {parity.n_inputs} inputs: max |Δlogit| "
+        f"{parity.max_abs_diff:.2e} ≤ {atol:.0e}, same top-1 for all"
+    )
+    console.print(
+        f"input: float32 (N, 3, {meta['image_size']}, {meta['image_size']}), RGB, "
+        f"normalised with mean {meta['mean']} and std {meta['std']}; classes {meta['classes']}"
+    )
+
+
+def _parity_inputs(project: Project, meta: dict):
+    """Up to 16 real test images, preprocessed as in evaluation (None outside a project)."""
+    import torch
+
+    split = project.artifacts("split") / "split.parquet"
+    if not split.is_file() or not (project.artifacts("augment") / "eval.yaml").is_file():
+        return None
+    data = project.train_data(image_size=meta["image_size"])
+    rows = data.part("test").head(16)
+    if rows.empty:
+        return None
+    from tasks.dataset import CachedImages
+
+    dataset = CachedImages(rows, data.clean_dir, data.eval_pipeline, meta["classes"])
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+@app.command("lr-find")
+def lr_find(
+    start: float = typer.Option(1e-7, help="first LR of the sweep"),
+    end: float = typer.Option(10.0, help="last LR of the sweep"),
+    steps: int = typer.Option(100, min=10, help="training steps (batches)"),
+) -> None:
+    """LR range test on the train split: plot + suggested `lr` for params/train.yaml."""
+    from tasks.files import write_csv, write_json
+    from tasks.lr_find import lr_range_test, plot_lr_find
+
+    project = _project()
+    _validated(project)
+    params = project.params("train")
+    out = project.artifacts("lr_find")
+    with console.status(f"LR range test ({steps} steps)…"):
+        result = lr_range_test(params, project.train_data(), start, end, steps)  # type: ignore[arg-type]
+    write_csv(result.curve, out / "lr_find.csv")
+    write_json(
+        {
+            "suggestion": result.suggestion,
+            "steepest": result.steepest,
+            "min_over_10": result.min_over_10,
+            "current_lr": params.lr,
+        },  # type: ignore[attr-defined]
+        out / "lr_find.json",
+    )
+    plot_lr_find(result, out / "lr_find.png")
+    console.print(
+        f"steepest descent at {result.steepest:.2e}, loss minimum / 10 at "
+        f"{result.min_over_10:.2e}\n[bold]suggested lr: {result.suggestion:.2e}[/bold] "
+        f"(params/train.yaml has {params.lr:g}); plot: {out / 'lr_find.png'}"  # type: ignore[attr-defined]
+    )
+
+
+@app.command()
+def crossval() -> None:
+    """k-fold cross-validation on the split's folds: mean ± std, fold ensemble, label issues."""
+    from flows.crossval import crossval_flow
+    from tasks.crossval import CrossvalError
+
+    project = _project()
+    _validated(project)
+    try:
+        cv_params = project.params("crossval")
+    except ParamsError as exc:
+        _fail(str(exc))
+    try:
+        summary = crossval_flow(cv_params, project.params("train"), str(project.root))  # type: ignore[arg-type]
+    except CrossvalError as exc:
+        _fail(str(exc))
+    table = Table(title=f"cross-validation ({summary['folds']} folds, held-out images)")
+    table.add_column("metric")
+    table.add_column("mean ± std", justify="right")
+    for key, value in summary.items():
+        if key.endswith("_mean"):
+            std = summary[key.replace("_mean", "_std")]
+            table.add_row(key.removesuffix("_mean"), f"{value:.4f} ± {std:.4f}")
+    console.print(table)
+    ens = summary.get("ensemble") or {}
+    if ens:
+        console.print(
+            f"ensemble of {ens['models']} fold models on the test split: accuracy "
+            f"{ens['test_accuracy_ensemble']:.4f} vs {ens['test_accuracy_single_mean']:.4f} "
+            f"for one model (gain {ens['accuracy_gain']:+.4f})"
+        )
+    console.print(f"label issues: {project.artifacts('crossval') / 'label_issues.csv'}")
 
 
 @server_app.command("start")

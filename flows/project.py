@@ -42,10 +42,11 @@ class Project:
         return load_params(STAGE_MODELS[stage], self.params_file(stage))
 
     def train_data(self, image_size: int | None = None):
-        """What training reads: the split, the clean cache and the saved pipelines."""
+        """What training reads: split, clean cache, saved pipelines, balance plan (if any)."""
         import pandas as pd
 
         from tasks.augment import load_pipeline
+        from tasks.balance import BalancePlan
         from tasks.train import TrainData
 
         augment = self.artifacts("augment")
@@ -57,6 +58,8 @@ class Project:
             train_pipeline=load_pipeline(augment / "train.yaml"),
             eval_pipeline=load_pipeline(augment / "eval.yaml"),
             image_size=image_size,
+            balance=BalancePlan.read(augment / "balance.json"),
+            clean=self.params("clean"),  # type: ignore[arg-type]
         )
 
     def validate_all(self) -> dict[str, _Params]:

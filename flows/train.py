@@ -20,6 +20,13 @@ from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fing
 from tasks.tune import apply_best_params
 
 
+def train_worker(params: TrainParams, root: str = ".") -> None:
+    """A rank > 0 under torchrun: trains its shard in step with rank 0 and writes nothing."""
+    project = Project(Path(root))
+    params = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
+    fit(params, project.train_data(), out_dir=project.artifacts("train"), show_progress=False)
+
+
 @flow(name="train", flow_run_name=stage_run_name("train"), log_prints=True)
 def train_flow(params: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
@@ -44,14 +51,15 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
 
         def on_epoch(m: EpochMetrics) -> None:
             for key, value in asdict(m).items():
-                if key not in ("epoch", "frozen") and value is not None:
+                if key not in ("epoch", "frozen") and value is not None:  # loss, accuracy, lr…
                     live.log_metric(key, value)
             live.next_step()
             log.info(
-                "epoch %d/%d%s train_loss=%.4f val_loss=%s val_accuracy=%s",
+                "epoch %d/%d (%d backbone stages training) train_loss=%.4f val_loss=%s "
+                "val_accuracy=%s",
                 m.epoch + 1,
                 params.epochs,
-                " (head only)" if m.frozen else "",
+                m.trainable_stages,
                 m.train_loss,
                 f"{m.val_loss:.4f}" if m.val_loss is not None else "-",
                 f"{m.val_accuracy:.4f}" if m.val_accuracy is not None else "-",
@@ -69,6 +77,7 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
         "best_epoch": result.best_epoch + 1,
         "epochs_run": len(history),
         "stopped_early": result.stopped_early,
+        "monitor": result.monitor,
         "val_loss": best.val_loss if best else None,
         "val_accuracy": best.val_accuracy if best else None,
     }

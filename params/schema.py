@@ -131,8 +131,9 @@ class AugmentParams(_Params):
 
 
 class TrainParams(_Params):
-    """Fine-tuning recipe: frozen head-only epochs, then the whole net at a lower LR."""
+    """Fine-tuning recipe: head first, then backbone stages unfrozen from the top at lower LRs."""
 
+    # model
     model: str = Field(
         "efficientnet_lite0",
         description="efficientnet_lite0 (offline weights) or a torchvision model name",
@@ -141,18 +142,65 @@ class TrainParams(_Params):
         "default",
         description="'default' (pretrained), 'none' (random init) or a path to a weights file",
     )
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the new head")
+    # schedule of what trains
     epochs: int = Field(6, ge=1, le=1000)
     freeze_epochs: int = Field(2, ge=0, description="head-only epochs with the backbone frozen")
-    batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(3e-3, gt=0, le=10)
-    backbone_lr_mult: float = Field(0.1, gt=0, le=1, description="backbone LR = lr × this")
-    weight_decay: float = Field(1e-4, ge=0, le=1)
-    warmup_epochs: float = Field(0.5, ge=0, description="linear LR warmup before the cosine")
+    unfreeze_stages: int = Field(
+        0,
+        ge=0,
+        description="backbone stages unfrozen per epoch after freeze_epochs, from the top "
+        "(gradual unfreezing); 0 = all at once",
+    )
+    batchnorm: Literal["frozen", "adapt"] = Field(
+        "frozen",
+        description="backbone BatchNorm: frozen = running statistics never move (eval mode); "
+        "adapt = batch statistics and updated running statistics, even in frozen stages",
+    )
+    # optimizer and LR
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="SGD with Nesterov momentum")
+    lr: float = Field(3e-3, gt=0, le=10, description="head LR (peak)")
+    backbone_lr_mult: float = Field(
+        0.1, gt=0, le=1, description="top backbone stage LR = lr × this"
+    )
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="each lower backbone stage's LR = the stage above's × this"
+    )
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="never applied to norms and biases")
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(
+        0.5, ge=0, description="linear warmup (cosine/constant) or the rising part of the one-cycle"
+    )
+    # regularisation
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the new head")
-    patience: int = Field(3, ge=1, description="early stopping on val loss")
-    num_workers: int = Field(0, ge=0)
+    mixup_alpha: float = Field(0.0, ge=0, description="MixUp Beta(α, α); 0 = off")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix Beta(α, α); 0 = off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="share of batches mixed when on")
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="EMA of the weights (validated and saved); 0 = off"
+    )
+    grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
+    # early stopping and the kept model
+    monitor: Literal["val_loss", "val_accuracy"] = Field(
+        "val_accuracy",
+        description="picks the kept epoch (an accuracy tie goes to the lower val loss) and "
+        "drives early stopping",
+    )
+    patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as better")
+    # data loading and speed
+    batch_size: int = Field(32, ge=1, le=4096)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader workers; auto = 0 on CPU, min(8, cores - 1) on CUDA"
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA (fp16 + GradScaler without bf16), off elsewhere"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on with CUDA")
+    compile: bool = Field(False, description="torch.compile the model")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -265,8 +313,25 @@ class TuneParams(_Params):
 
 
 class EvaluateParams(_Params):
+    """Test-split metrics, plots and the misclassified gallery."""
+
     batch_size: int = Field(64, ge=1)
-    top_k: int = Field(3, ge=1)
+    top_k: int = Field(3, ge=1, description="top-k accuracy (capped at classes - 1)")
+    tta: bool = Field(False, description="average the predictions of the image and its mirror")
+    calibration_bins: int = Field(10, ge=2, le=100, description="ECE and reliability bins")
+    gallery: int = Field(16, ge=0, le=200, description="highest-loss test images shown")
+
+
+class CrossvalParams(_Params):
+    """k-fold cross-validation on the split's folds, fold ensembles and the label-issue report."""
+
+    epochs: int | None = Field(None, ge=1, description="epochs per fold; null = train.yaml's")
+    ensemble_k: int | None = Field(
+        None, ge=1, description="fold models averaged on the test split; null = all folds"
+    )
+    label_issues: int = Field(
+        50, ge=0, description="most suspicious training images listed (confident learning)"
+    )
 
 
 class RetrainParams(_Params):
@@ -297,6 +362,7 @@ STAGE_MODELS: dict[str, type[_Params]] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "retrain": RetrainParams,
+    "crossval": CrossvalParams,
 }
 
 

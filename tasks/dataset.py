@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import albumentations as A
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tasks.augment import read_rgb
 
@@ -47,19 +48,36 @@ def _seed_worker(_worker_id: int) -> None:
     info.dataset.reseed(torch.initial_seed() % 2**32)
 
 
+def default_workers(device: torch.device) -> int:
+    """CPU training: 0 (the model already uses every core); CUDA: min(8, cores - 1)."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def make_loader(
-    dataset: CachedImages, batch_size: int, shuffle: bool, num_workers: int, seed: int
+    dataset: CachedImages,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    *,
+    sampler: Sampler | None = None,
+    generator: torch.Generator | None = None,
+    drop_last: bool | None = None,
 ) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+    """A loader with pinned memory on CUDA and persistent, individually seeded workers."""
+    generator = generator or torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         generator=generator,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         # a last training batch of one image breaks BatchNorm; drop the ragged tail
-        drop_last=shuffle and len(dataset) > batch_size,
+        drop_last=(shuffle and len(dataset) > batch_size) if drop_last is None else drop_last,
     )

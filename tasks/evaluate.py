@@ -1,4 +1,8 @@
-"""Test-split metrics with scikit-learn, a confusion matrix and a calibration figure."""
+"""Test-split metrics with scikit-learn: accuracy, top-k, P/R/F1, ROC-AUC, log loss, calibration.
+
+Figures (confusion matrices, reliability diagram, misclassified gallery) are
+in tasks/figures.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from sklearn.metrics import (
     confusion_matrix,
     log_loss,
     precision_recall_fscore_support,
+    roc_auc_score,
     top_k_accuracy_score,
 )
 
@@ -19,8 +24,9 @@ from sklearn.metrics import (
 class Evaluation:
     metrics: dict[str, float]
     per_class: pd.DataFrame
-    confusion: np.ndarray
-    predictions: pd.DataFrame
+    confusion: np.ndarray  # counts, rows = actual, columns = predicted
+    confusion_normalized: np.ndarray  # each row divided by its count (recall on the diagonal)
+    predictions: pd.DataFrame  # one row per image: path, actual, predicted, confidence, loss…
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
@@ -37,10 +43,37 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
     return float(ece)
 
 
+def roc_auc(
+    probs: np.ndarray, targets: np.ndarray, labels: np.ndarray
+) -> tuple[float | None, list]:
+    """(macro one-vs-rest ROC-AUC, per-class AUCs); None where a class lacks positives/negatives."""
+    per_class: list[float | None] = []
+    for c in labels:
+        positive = targets == c
+        per_class.append(
+            float(roc_auc_score(positive, probs[:, c]))
+            if 0 < positive.sum() < len(targets)
+            else None
+        )
+    if len(labels) == 2:
+        overall = per_class[1]
+    elif all(a is not None for a in per_class):
+        overall = float(roc_auc_score(targets, probs, multi_class="ovr", labels=labels))
+    else:
+        overall = None
+    return overall, per_class
+
+
 def evaluate_predictions(
-    probs: np.ndarray, targets: np.ndarray, classes: list[str], paths: list[str], top_k: int
+    probs: np.ndarray,
+    targets: np.ndarray,
+    classes: list[str],
+    paths: list[str],
+    top_k: int,
+    calibration_bins: int = 10,
 ) -> Evaluation:
     labels = np.arange(len(classes))
+    probs = probs / probs.sum(1, keepdims=True)
     preds = probs.argmax(1)
     metrics: dict[str, float] = {
         "accuracy": float(accuracy_score(targets, preds)),
@@ -58,46 +91,47 @@ def evaluate_predictions(
         metrics[f"top{k}_accuracy"] = float(
             top_k_accuracy_score(targets, probs, k=k, labels=labels)
         )
+    auc, auc_per_class = roc_auc(probs, targets, labels)
+    if auc is not None:
+        metrics["roc_auc_ovr"] = auc
     metrics["log_loss"] = float(log_loss(targets, probs, labels=labels))
-    metrics["ece"] = expected_calibration_error(probs, targets)
+    metrics["ece"] = expected_calibration_error(probs, targets, calibration_bins)
     p, r, f, support = precision_recall_fscore_support(
         targets, preds, labels=labels, zero_division=0
     )
     per_class = pd.DataFrame(
-        {"class": classes, "precision": p, "recall": r, "f1": f, "support": support}
+        {
+            "class": classes,
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "roc_auc": auc_per_class,
+            "support": support,
+        }
     ).round(4)
+    p_true = probs[np.arange(len(targets)), targets]
     predictions = pd.DataFrame(
         {
             "path": paths,
             "actual": [classes[t] for t in targets],
             "predicted": [classes[q] for q in preds],
             "confidence": probs.max(1).round(4),
+            "p_actual": p_true.round(4),
+            "loss": (-np.log(np.clip(p_true, 1e-12, 1))).round(4),
         }
     )
+    counts = confusion_matrix(targets, preds, labels=labels)
     return Evaluation(
         metrics=metrics,
         per_class=per_class,
-        confusion=confusion_matrix(targets, preds, labels=labels),
+        confusion=counts,
+        confusion_normalized=confusion_matrix(targets, preds, labels=labels, normalize="true"),
         predictions=predictions,
     )
 
 
-def plot_confusion(confusion: np.ndarray, classes: list[str], out_png) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    from tasks.files import atomic_path
-
-    size = 2.5 + 0.6 * len(classes)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(confusion, display_labels=classes).plot(
-        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False
-    )
-    ax.set_title("test confusion matrix")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+def confusion_frame(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """A confusion matrix as a table: one row per actual class, one column per predicted."""
+    frame = pd.DataFrame(matrix, index=classes, columns=classes)
+    frame.index.name = "actual"
+    return frame.reset_index()

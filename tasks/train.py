@@ -1,10 +1,15 @@
-"""The fine-tuning loop shared by the train and tune stages.
+"""The fine-tuning loop shared by the train, tune and crossval stages.
 
-Recipe: a new head trained alone for `freeze_epochs` with the backbone frozen,
-then the whole network with the backbone at `lr × backbone_lr_mult`; AdamW with
-no weight decay on norms/biases, linear warmup then cosine decay per step,
-label smoothing, early stopping on validation loss. Every epoch ends with an
-atomic checkpoint, from which a killed run resumes.
+Recipe (all from params/train.yaml): the new head trains alone for
+`freeze_epochs`, then backbone stages unfreeze from the top (all at once or
+`unfreeze_stages` per epoch) at discriminative LRs; AdamW or SGD+Nesterov,
+warmup + cosine or one-cycle per step, no weight decay on norms/biases,
+label smoothing, MixUp/CutMix, EMA of the weights, gradient clipping, the
+augment stage's balance plan, early stopping on a chosen metric. Speed: AMP
+(bf16, or fp16 + GradScaler), channels_last, pinned memory, torch.compile,
+DDP under torchrun. Every epoch ends with an atomic checkpoint of the whole
+state (model, optimizer, scheduler, scaler, EMA, RNGs, early stopping), from
+which a killed run resumes on the exact same path.
 """
 
 from __future__ import annotations
@@ -24,15 +29,35 @@ import pandas as pd
 import torch
 from rich.progress import Progress
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from params import TrainParams
-from tasks.dataset import CachedImages, make_loader
-from tasks.files import atomic_path
+from params import CleanParams, TrainParams
+from tasks import distributed
+from tasks.balance import BalancePlan
+from tasks.checkpoint import load_checkpoint, load_torch, rng_state, save_torch, set_rng_state
+from tasks.dataset import CachedImages, default_workers, make_loader
+from tasks.ema import make_ema
 from tasks.model import Classifier, build_classifier, pick_device
+from tasks.optim import make_optimizer, make_scheduler, param_groups, trainable_stages
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+MODEL_FORMAT = 2
+# params that change speed, not results: a checkpoint is resumed across them
+SPEED_ONLY = {"num_workers", "compile"}
+
+__all__ = [
+    "CHECKPOINT",
+    "MODEL",
+    "EpochMetrics",
+    "FitResult",
+    "TrainData",
+    "fit",
+    "load_checkpoint",
+    "load_model",
+    "param_groups",
+    "predict_logits",
+    "run_fingerprint",
+]
 
 
 @dataclass
@@ -42,6 +67,8 @@ class TrainData:
     train_pipeline: A.Compose
     eval_pipeline: A.Compose
     image_size: int
+    balance: BalancePlan = field(default_factory=BalancePlan)
+    clean: CleanParams = field(default_factory=CleanParams)
 
     @property
     def classes(self) -> list[str]:
@@ -51,16 +78,18 @@ class TrainData:
         return self.split[self.split["split"] == name]
 
     def fingerprint(self) -> str:
-        """Identifies the exact split, so a checkpoint is only resumed on the same data."""
+        """Identifies the exact split and balance plan: a checkpoint resumes only on the same."""
         key = self.split[["sha256", "label", "split"]].astype(str).to_csv(index=False)
+        key += json.dumps(asdict(self.balance), sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 @dataclass
 class EpochMetrics:
     epoch: int
-    frozen: bool
-    lr: float
+    frozen: bool  # the whole backbone was frozen (head only)
+    trainable_stages: int
+    lr: float  # the head's LR at the end of the epoch
     train_loss: float
     train_accuracy: float
     val_loss: float | None
@@ -71,7 +100,9 @@ class EpochMetrics:
 class FitResult:
     history: list[EpochMetrics] = field(default_factory=list)
     best_epoch: int = -1
-    best_val_loss: float = math.inf
+    best_score: float = math.inf
+    best_loss: float = math.inf  # breaks ties of an accuracy monitor
+    monitor: str = "val_loss"
     stopped_early: bool = False
     resumed_from: int | None = None
 
@@ -86,90 +117,138 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def param_groups(clf: Classifier, params: TrainParams) -> list[dict]:
-    """Head at `lr`, backbone at `lr × backbone_lr_mult`; no weight decay on 1-d tensors."""
-    groups = []
-    for name, tensors, lr in (
-        ("head", clf.head_parameters(), params.lr),
-        ("backbone", clf.backbone_parameters(), params.lr * params.backbone_lr_mult),
-    ):
-        decay = [p for p in tensors if p.ndim > 1]
-        no_decay = [p for p in tensors if p.ndim <= 1]
-        wd = params.weight_decay
-        groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": wd})
-        groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0})
-    return [g for g in groups if g["params"]]
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data order and augmentations of an epoch depend on (seed, epoch) only: resumable."""
+    return (seed * 1_000_003 + epoch) % 2**31
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
-) -> LRScheduler:
-    total = max(1, params.epochs * steps_per_epoch)
-    warmup = min(total - 1, round(params.warmup_epochs * steps_per_epoch))
-    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
-    if warmup <= 0:
-        return cosine
-    ramp = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
-    return SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+def amp_dtype(params: TrainParams, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on CUDA where supported, else fp16 (with a GradScaler); off on CPU/MPS."""
+    if params.amp == "off":
+        return None
+    if params.amp == "bf16":
+        return torch.bfloat16
+    if params.amp == "fp16":
+        return torch.float16
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def autocast(device: torch.device, dtype: torch.dtype | None = None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def uses_channels_last(params: TrainParams, device: torch.device) -> bool:
+    return params.channels_last == "on" or (
+        params.channels_last == "auto" and device.type == "cuda"
+    )
 
 
 @torch.no_grad()
 def predict_logits(
-    net: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+    net: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    tta: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) for a whole loader, in loader order."""
+    """(logits, targets) for a whole loader, in loader order.
+
+    With `tta`, the logits are log-mean-probabilities of the image and its mirror.
+    """
     net.eval()
     outs, targets = [], []
     for images, labels in loader:
-        with autocast(device):
-            outs.append(net(images.to(device, non_blocking=True)).float().cpu())
+        images = images.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = net(images).float()
+            if tta:
+                mirrored = net(torch.flip(images, dims=[3])).float()
+                probs = (logits.softmax(1) + mirrored.softmax(1)) / 2
+                logits = probs.clamp_min(1e-12).log()
+        outs.append(logits.cpu())
         targets.append(labels)
     if not outs:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(targets)
 
 
-def model_payload(clf: Classifier, params: TrainParams, data: TrainData) -> dict:
+def model_payload(state_dict: dict, clf: Classifier, params: TrainParams, data: TrainData) -> dict:
     """What prediction needs without the params: weights, classes, preprocessing."""
     return {
+        "format": MODEL_FORMAT,
         "arch": params.model,
         "classes": data.classes,
         "image_size": data.image_size,
         "mean": list(clf.mean),
         "std": list(clf.std),
         "dropout": params.dropout,
-        "state_dict": {k: v.detach().cpu() for k, v in clf.net.state_dict().items()},
+        # the eval pipeline (A.to_dict) and the clean stage's decoding: raw image → tensor
+        "eval_pipeline": json.dumps(A.to_dict(data.eval_pipeline)),
+        "clean": data.clean.model_dump_json(),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
 
 
-def save_torch(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def run_fingerprint(params: TrainParams, data: TrainData) -> str:
-    """Same params and same split → same run; only then is a checkpoint resumed."""
-    return hashlib.sha256((params.model_dump_json() + data.fingerprint()).encode()).hexdigest()[:16]
+    """Same params and same data → same run; only then is a checkpoint resumed."""
+    key = params.model_dump_json(exclude=SPEED_ONLY) + data.fingerprint()
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
-    """The checkpoint at `path` if it is an unfinished run with these params and data.
+def _better(
+    value: float, best: float, monitor: str, min_delta: float, loss: float, best_loss: float
+) -> bool:
+    """Improved by more than min_delta; an accuracy tie is broken by the lower loss."""
+    if not math.isfinite(best):
+        return True
+    if monitor.endswith("accuracy"):
+        return value > best + min_delta or (min_delta == 0 and value == best and loss < best_loss)
+    return value < best - min_delta
 
-    A finished run is never resumed: DVC reruns the stage when the code
-    changed, and that must retrain rather than return the old model.
+
+def _mixer(params: TrainParams, num_classes: int) -> Callable | None:
+    """torchvision.transforms.v2 MixUp / CutMix (one of them per batch when both are on)."""
+    from torchvision.transforms import v2
+
+    steps = []
+    if params.mixup_alpha > 0:
+        steps.append(v2.MixUp(alpha=params.mixup_alpha, num_classes=num_classes))
+    if params.cutmix_alpha > 0:
+        steps.append(v2.CutMix(alpha=params.cutmix_alpha, num_classes=num_classes))
+    if not steps:
+        return None
+    return steps[0] if len(steps) == 1 else v2.RandomChoice(steps)
+
+
+class _Wrapped:
+    """The module the training step calls: the net, under DDP and torch.compile when asked.
+
+    DDP registers only parameters that require grad when it is built, so it is
+    rebuilt whenever unfreezing changes the trainable set.
     """
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint or state.get("finished"):
-        return None
-    return state
+
+    def __init__(self, net: nn.Module, params: TrainParams, ranks, device: torch.device) -> None:
+        self.net, self.params, self.ranks, self.device = net, params, ranks, device
+        self.key: int | None = None
+        self.module: nn.Module = net
+
+    def for_stages(self, n_trainable: int) -> nn.Module:
+        if n_trainable != self.key:
+            self.key = n_trainable
+            module: nn.Module = self.net
+            if self.ranks.distributed:
+                from torch.nn.parallel import DistributedDataParallel
+
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                module = DistributedDataParallel(self.net, device_ids=ids)
+            if self.params.compile:
+                module = torch.compile(module)  # type: ignore[assignment]
+            self.module = module
+        return self.module
 
 
 def fit(
@@ -178,74 +257,148 @@ def fit(
     out_dir: Path | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     show_progress: bool = True,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+    val_part: pd.DataFrame | None = None,
+    train_part: pd.DataFrame | None = None,
 ) -> FitResult:
-    """Train; with `out_dir`, checkpoint every epoch, resume, and keep the best model."""
+    """Train; with `out_dir`, checkpoint every epoch, resume, and keep the best model.
+
+    `train_part`/`val_part` override the split's train/val rows (cross-validation folds).
+    `on_step(epoch, step)` is called after every optimizer step.
+    """
     seed_everything(params.seed)
     device = pick_device(params.device)
+    ranks = distributed.init(device)
+    if ranks.distributed and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+    main = ranks.is_main
     classes = data.classes
     clf = build_classifier(params.model, params.weights, len(classes), params.dropout)
-    clf.net.to(device)
-    train_set = CachedImages(
-        data.part("train"), data.clean_dir, data.train_pipeline, classes, params.seed
-    )
-    val_set = CachedImages(data.part("val"), data.clean_dir, data.eval_pipeline, classes)
-    train_loader = make_loader(train_set, params.batch_size, True, params.num_workers, params.seed)
-    val_loader = make_loader(val_set, params.batch_size, False, params.num_workers, params.seed)
-    optimizer = torch.optim.AdamW(param_groups(clf, params))
-    scheduler = make_scheduler(optimizer, params, len(train_loader))
-    criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-    plain_criterion = nn.CrossEntropyLoss()
+    net = clf.net.to(device)
+    channels_last = uses_channels_last(params, device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    dtype = amp_dtype(params, device)
+    workers = default_workers(device) if params.num_workers == "auto" else params.num_workers
 
-    result = FitResult()
+    train_rows = data.part("train") if train_part is None else train_part
+    val_rows = data.part("val") if val_part is None else val_part
+    train_set = CachedImages(train_rows, data.clean_dir, data.train_pipeline, classes, params.seed)
+    val_set = CachedImages(val_rows, data.clean_dir, data.eval_pipeline, classes)
+    generator = torch.Generator()
+    sampler = data.balance.sampler(train_set.targets, classes, generator, ranks.world_size)
+    if sampler is None and ranks.distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(
+            train_set, ranks.world_size, ranks.rank, shuffle=True, seed=params.seed
+        )
+    train_loader = make_loader(
+        train_set,
+        params.batch_size,
+        True,
+        workers,
+        params.seed,
+        sampler=sampler,
+        generator=generator,
+        drop_last=len(train_set) > params.batch_size * ranks.world_size,
+    )
+    val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed)
+
+    optimizer = make_optimizer(param_groups(clf, params), params)
+    steps_per_epoch = max(1, len(train_loader))
+    scheduler = make_scheduler(optimizer, params, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = make_ema(net, params.ema_decay) if params.ema_decay > 0 else None
+    weight = data.balance.loss_weight(classes)
+    criterion = nn.CrossEntropyLoss(
+        weight=weight.to(device) if weight is not None else None,
+        label_smoothing=params.label_smoothing,
+    )
+    plain_criterion = nn.CrossEntropyLoss()
+    mixer = _mixer(params, len(classes))
+    wrapped = _Wrapped(net, params, ranks, device)
+    n_stages = len(clf.stages)
+
+    result = FitResult(monitor=params.monitor)
     start_epoch, bad_epochs = 0, 0
     fingerprint = run_fingerprint(params, data)
     ckpt_path = out_dir / CHECKPOINT if out_dir else None
     if ckpt_path:
         state = load_checkpoint(ckpt_path, fingerprint)
         if state is not None:
-            clf.net.load_state_dict(state["model"])
+            net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            set_rng_state(state["rng"])
             result.history = [EpochMetrics(**m) for m in json.loads(state["history"])]
             result.best_epoch = state["best_epoch"]
-            result.best_val_loss = state["best_val_loss"]
+            result.best_score = state["best_score"]
+            result.best_loss = state["best_loss"]
             bad_epochs = state["bad_epochs"]
             start_epoch = state["epoch"] + 1
             result.resumed_from = start_epoch
 
     for epoch in range(start_epoch, params.epochs):
-        frozen = epoch < params.freeze_epochs
-        clf.freeze_backbone(frozen)
-        clf.net.train()
+        n_trainable = trainable_stages(params, epoch, n_stages)
+        net.train()
+        clf.set_trainable_stages(n_trainable, params.batchnorm)
+        model = wrapped.for_stages(n_trainable)
+        generator.manual_seed(epoch_seed(params.seed, epoch) + ranks.rank)
+        train_set.reseed(epoch_seed(params.seed, epoch) + ranks.rank)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # type: ignore[union-attr]
         total_loss, correct, seen = 0.0, 0, 0
-        with Progress(transient=True, disable=not show_progress) as progress:
-            bar = progress.add_task(
-                f"epoch {epoch + 1}/{params.epochs}{' (head only)' if frozen else ''}",
-                total=len(train_loader),
-            )
-            for images, labels in train_loader:
+        frozen = n_trainable == 0
+        label = f"epoch {epoch + 1}/{params.epochs}" + (
+            " (head only)" if frozen else f" ({n_trainable}/{n_stages} stages)"
+        )
+        with Progress(transient=True, disable=not (show_progress and main)) as progress:
+            bar = progress.add_task(label, total=len(train_loader))
+            for step, (images, labels) in enumerate(train_loader):
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                with autocast(device):
-                    logits = clf.net(images)
-                    loss = criterion(logits.float(), labels)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets: torch.Tensor = labels
+                if mixer is not None and torch.rand(()) < params.mix_prob:
+                    images, targets = mixer(images, labels)
+                with autocast(device, dtype):
+                    logits = model(images)
+                    loss = criterion(logits.float(), targets)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                if params.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(
+                        [p for p in net.parameters() if p.requires_grad], params.grad_clip
+                    )
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 total_loss += loss.item() * len(labels)
                 correct += (logits.argmax(1) == labels).sum().item()
                 seen += len(labels)
                 progress.advance(bar)
+                if on_step:
+                    on_step(epoch, step)
+        total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], device)
         val_loss = val_acc = None
+        evaluated = ema.module if ema is not None else net
         if len(val_set):
-            logits, targets = predict_logits(clf.net, val_loader, device)
-            val_loss = plain_criterion(logits, targets).item()
-            val_acc = (logits.argmax(1) == targets).float().mean().item()
+            logits, val_targets = predict_logits(evaluated, val_loader, device, dtype)
+            val_loss = plain_criterion(logits, val_targets).item()
+            val_acc = (logits.argmax(1) == val_targets).float().mean().item()
         metrics = EpochMetrics(
             epoch=epoch,
             frozen=frozen,
+            trainable_stages=n_trainable,
             lr=optimizer.param_groups[0]["lr"],
             train_loss=total_loss / max(seen, 1),
             train_accuracy=correct / max(seen, 1),
@@ -253,32 +406,48 @@ def fit(
             val_accuracy=val_acc,
         )
         result.history.append(metrics)
-        monitored = val_loss if val_loss is not None else metrics.train_loss
-        if monitored < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, bad_epochs = monitored, epoch, 0
-            if out_dir:
-                save_torch(model_payload(clf, params, data), out_dir / MODEL)
+        monitored = getattr(metrics, params.monitor)
+        if monitored is None:  # no validation images: fall back to the training metric
+            monitored = getattr(metrics, params.monitor.replace("val_", "train_"))
+        tie_loss = metrics.val_loss if metrics.val_loss is not None else metrics.train_loss
+        if _better(
+            monitored,
+            result.best_score,
+            params.monitor,
+            params.min_delta,
+            tie_loss,
+            result.best_loss,
+        ):
+            result.best_score, result.best_loss, result.best_epoch = monitored, tie_loss, epoch
+            bad_epochs = 0
+            if out_dir and main:
+                payload = model_payload(evaluated.state_dict(), clf, params, data)
+                save_torch(payload | {"epoch": epoch}, out_dir / MODEL)
         else:
             bad_epochs += 1
         stop = bad_epochs >= params.patience
-        if ckpt_path:
+        if ckpt_path and main:
             save_torch(
                 {
                     "fingerprint": fingerprint,
                     "epoch": epoch,
-                    "model": clf.net.state_dict(),
+                    "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
+                    "scaler": scaler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "rng": rng_state(),
                     "history": json.dumps([asdict(m) for m in result.history]),
                     "best_epoch": result.best_epoch,
-                    "best_val_loss": result.best_val_loss,
+                    "best_score": result.best_score,
+                    "best_loss": result.best_loss,
                     "bad_epochs": bad_epochs,
                     "finished": stop or epoch + 1 == params.epochs,
                 },
                 ckpt_path,
             )
-        if on_epoch:
+        distributed.barrier()
+        if on_epoch and main:
             on_epoch(metrics)
         if stop:
             result.stopped_early = True
@@ -286,9 +455,9 @@ def fit(
     return result
 
 
-def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The trained network and its metadata from a model.pt (never unpickles objects)."""
-    payload = torch.load(path, map_location=device, weights_only=True)
+    payload = load_torch(path, device)
     clf = build_classifier(payload["arch"], "none", len(payload["classes"]), payload["dropout"])
     clf.net.load_state_dict(payload["state_dict"])
     clf.net.to(device).eval()

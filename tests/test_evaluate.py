@@ -1,25 +1,66 @@
 import numpy as np
+import pandas as pd
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import (
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
 
-from tasks.evaluate import evaluate_predictions, expected_calibration_error
+from flows.evaluate import misclassified_gallery
+from tasks.evaluate import confusion_frame, evaluate_predictions, expected_calibration_error
+from tasks.figures import plot_confusion, plot_gallery, plot_reliability
+
+CLASSES = ["a", "b", "c"]
+TARGETS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+PREDS = np.array([0, 0, 1, 1, 1, 2, 2, 2, 0, 1])
 
 
-def test_metrics_match_a_known_confusion():
-    classes = ["a", "b", "c"]
-    targets = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
-    preds = np.array([0, 0, 1, 1, 1, 2, 2, 2, 0, 1])
-    probs = np.full((10, 3), 0.1)
-    probs[np.arange(10), preds] = 0.8
-    ev = evaluate_predictions(probs, targets, classes, [f"{i}.png" for i in range(10)], top_k=2)
-    assert ev.metrics["accuracy"] == pytest.approx(0.7)
-    assert ev.metrics["f1_macro"] == pytest.approx(f1_score(targets, preds, average="macro"))
-    assert ev.metrics["f1_weighted"] == pytest.approx(f1_score(targets, preds, average="weighted"))
+def known_probs() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0.05, 0.3, size=(10, 3))
+    probs[np.arange(10), PREDS] = rng.uniform(0.5, 0.9, size=10)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def test_metrics_match_sklearn_on_a_known_confusion():
+    probs = known_probs()
+    ev = evaluate_predictions(probs, TARGETS, CLASSES, [f"{i}.png" for i in range(10)], top_k=2)
+    m = ev.metrics
+    assert m["accuracy"] == pytest.approx(0.7)
+    for avg in ("macro", "weighted"):
+        assert m[f"f1_{avg}"] == pytest.approx(f1_score(TARGETS, PREDS, average=avg))
+        assert m[f"precision_{avg}"] == pytest.approx(precision_score(TARGETS, PREDS, average=avg))
+        assert m[f"recall_{avg}"] == pytest.approx(recall_score(TARGETS, PREDS, average=avg))
+    assert m["top2_accuracy"] == pytest.approx(top_k_accuracy_score(TARGETS, probs, k=2))
+    assert m["roc_auc_ovr"] == pytest.approx(roc_auc_score(TARGETS, probs, multi_class="ovr"))
+    assert m["log_loss"] == pytest.approx(log_loss(TARGETS, probs))
+    assert m["chance_accuracy"] == pytest.approx(0.5)
     assert ev.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 1, 3]]
-    assert ev.per_class.set_index("class").loc["c", "recall"] == pytest.approx(0.6)
-    assert ev.metrics["chance_accuracy"] == pytest.approx(0.5)
-    assert ev.metrics["top2_accuracy"] >= ev.metrics["accuracy"]
+    assert ev.confusion_normalized[2].tolist() == pytest.approx([0.2, 0.2, 0.6])
+    per_class = ev.per_class.set_index("class")
+    assert per_class.loc["c", "recall"] == pytest.approx(0.6)
+    assert per_class.loc["b", "precision"] == pytest.approx(0.5)
+    assert per_class.loc["a", "roc_auc"] == pytest.approx(
+        roc_auc_score(TARGETS == 0, probs[:, 0]), abs=1e-4
+    )
+    assert per_class["support"].tolist() == [3, 2, 5]
     assert ev.predictions["predicted"].tolist()[-1] == "b"
+    assert ev.predictions["loss"].to_numpy() == pytest.approx(
+        -np.log(probs[np.arange(10), TARGETS]), abs=1e-4
+    )
+    table = confusion_frame(ev.confusion, CLASSES)
+    assert table.columns.tolist() == ["actual", "a", "b", "c"]
+
+
+def test_roc_auc_is_left_out_when_a_class_has_no_test_image():
+    probs = known_probs()[:5]
+    ev = evaluate_predictions(probs, TARGETS[:5], CLASSES, [""] * 5, top_k=2)
+    assert "roc_auc_ovr" not in ev.metrics  # class c never occurs
+    assert pd.isna(ev.per_class.set_index("class").loc["c", "roc_auc"])
 
 
 def test_expected_calibration_error():
@@ -42,3 +83,30 @@ def test_promotion_decision():
     loss = RetrainParams(metric="log_loss", higher_is_better=False)
     assert decide({"log_loss": 0.4}, {"log_loss": 0.5}, loss)[0]
     assert not decide({"log_loss": 0.6}, {"log_loss": 0.5}, loss)[0]
+
+    # 0.8 confident, right 3 times out of 4: |0.75 - 0.8|
+    probs = np.array([[0.8, 0.2]] * 4)
+    assert expected_calibration_error(probs, np.array([0, 0, 0, 1])) == pytest.approx(0.05)
+
+
+def test_figures_and_the_misclassified_gallery(tmp_path):
+    from PIL import Image
+
+    probs = known_probs()
+    ev = evaluate_predictions(probs, TARGETS, CLASSES, [f"{i}.png" for i in range(10)], top_k=2)
+    for i in range(10):
+        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")
+    predictions = ev.predictions.assign(cache=[f"{i}.png" for i in range(10)])
+    gallery = misclassified_gallery(predictions, 2)
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    assert len(gallery) == 2
+    assert gallery["loss"].tolist() == sorted(wrong["loss"], reverse=True)[:2]
+    assert (gallery["actual"] != gallery["predicted"]).all()
+    assert gallery["gallery"].iloc[0].startswith(f"true {gallery['actual'].iloc[0]}")
+    plot_gallery(gallery, tmp_path, "wrong", tmp_path / "gallery.png")
+    plot_confusion(ev.confusion, ev.confusion_normalized, CLASSES, tmp_path / "confusion.png")
+    bins = plot_reliability(probs, TARGETS, 5, ev.metrics["ece"], tmp_path / "reliability.png")
+    assert (bins["accuracy"].between(0, 1)).all()
+    for name in ("gallery.png", "confusion.png", "reliability.png"):
+        header = (tmp_path / name).read_bytes()[:24]  # PNG signature, then IHDR's width
+        assert header.startswith(b"\x89PNG") and int.from_bytes(header[16:20], "big") > 100

@@ -74,9 +74,33 @@ def test_outputs_of_each_stage(ran_project):
     for key in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["n_test"] == (split["split"] == "test").sum()
+    for key in ("roc_auc_ovr", "log_loss", "ece", "top2_accuracy"):
+        assert key in metrics, key
     predictions = pd.read_csv(art / "evaluate" / "predictions.csv")
     assert list(predictions.columns[:3]) == ["path", "actual", "predicted"]
-    assert (art / "evaluate" / "confusion.png").stat().st_size > 0
+    for name in ("confusion.png", "reliability.png", "misclassified.png"):
+        assert (art / "evaluate" / name).stat().st_size > 0, name
+    confusion = pd.read_csv(art / "evaluate" / "confusion.csv").set_index("actual")
+    assert confusion.to_numpy().sum() == metrics["n_test"]
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project).stdout)["data"]
+    assert "confusion_normalized" in plots and "artifacts/evaluate/predictions.csv" in plots
+
+
+def test_use_the_trained_model_from_the_cli(ran_project):
+    project, _, _ = ran_project
+    predicted = sh("visiontune", "predict", "data/square", "--top-k", "2", cwd=project)
+    rows = pd.read_csv(project / "artifacts" / "predict" / "predictions.csv")
+    assert len(rows) == 14 and set(rows["predicted"]) <= {"circle", "square", "triangle"}
+    assert "14 image(s)" in predicted.stdout
+    exported = sh("visiontune", "export", "--format", "onnx", cwd=project)
+    assert "same top-1 for all" in exported.stdout
+    assert (project / "artifacts" / "export" / "model.onnx").stat().st_size > 0
+    found = sh("visiontune", "lr-find", "--steps", "12", cwd=project)
+    assert "suggested lr" in found.stdout
+    assert (project / "artifacts" / "lr_find" / "lr_find.png").stat().st_size > 0
+    no_folds = sh("visiontune", "crossval", cwd=project, check=False)
+    assert no_folds.returncode == 2
+    assert "params/split.yaml" in no_folds.stderr
 
 
 def test_prefect_recorded_the_pipeline_and_its_stage_subflows(ran_project):
