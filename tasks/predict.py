@@ -18,7 +18,8 @@ from PIL import Image
 from torch import nn
 
 from params import CleanParams
-from tasks.clean import RejectedImage, clean_one
+from tasks.clean import prepare
+from tasks.decode import RejectedImage, decode
 from tasks.train import load_model
 
 
@@ -57,7 +58,8 @@ class Predictor:
 
     def tensor(self, path: Path) -> torch.Tensor:
         """One image as the model's input tensor (CHW), decoded exactly as in training."""
-        image, _ = clean_one(path.read_bytes(), self.clean)
+        decoded = decode(path.read_bytes(), self.clean.background, self.clean.max_pixels)
+        image = prepare(decoded, self.clean.max_side)
         return self.pipeline(image=np.asarray(image))["image"]
 
     @torch.no_grad()
