@@ -22,6 +22,7 @@ from tasks.collect import (
     record,
     remove_empty_folders,
     remove_stale_temps,
+    unique_destinations,
     update_records,
     version_diff,
     write_items,
@@ -118,6 +119,8 @@ def collect_flow(
         log.warning("removed %d temp file(s) left in data/ by an interrupted collect", stale)
     previous = data_version(project.root)
     items, refused = read_source(source, location, label, per_class)
+    items, clashes = unique_destinations(items)
+    refused = refused + clashes
     local = [i for i in items if i.url is None]
     remote = [i for i in items if i.url is not None]
     report = CollectReport(refused=refused)

@@ -135,6 +135,21 @@ def prepare(decoded: Decoded, max_side: int) -> Image.Image:
     return img
 
 
+def clean_one(raw: bytes, params: CleanParams) -> tuple[Image.Image, tuple[int, int]]:
+    """One image as the stage caches it, and its upright size (prediction decodes with this).
+
+    Raises RejectedImage for what the stage rejects per file from its bytes and
+    size (not the rules that compare files: duplicates, conflicts, classes).
+    """
+    decoded = decode(raw, tuple(params.background), params.max_pixels)  # type: ignore[arg-type]
+    width, height = decoded.image.size
+    if min(width, height) < params.min_side:
+        raise RejectedImage("too_small", f"{width}x{height} < {params.min_side}px side")
+    if max(width, height) / min(width, height) > params.max_aspect_ratio:
+        raise RejectedImage("aspect_ratio", f"{width}x{height} is more elongated than allowed")
+    return prepare(decoded, params.max_side), (width, height)
+
+
 def cache_key(params: CleanParams) -> str:
     """Identifies everything that shapes a cache entry: the decode params, the code, the libs."""
     shaping = {

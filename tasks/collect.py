@@ -91,6 +91,29 @@ def record(item: SourceItem, rel: str, sha256: str) -> dict[str, str]:
     )
 
 
+def unique_destinations(items: list[SourceItem]) -> tuple[list[SourceItem], list[Refusal]]:
+    """One item per data/ file: a repeat of the same source is dropped, a different source
+    that would land on the same file (e.g. 'a/b.png' and 'a__b.png') is refused, never
+    silently overwriting the first."""
+    first: dict[tuple[str, str], SourceItem] = {}
+    kept: list[SourceItem] = []
+    refused: list[Refusal] = []
+    for item in items:
+        key = (item.folder, item.name)
+        if key not in first:
+            first[key] = item
+            kept.append(item)
+        elif first[key].origin != item.origin:
+            refused.append(
+                Refusal(
+                    item.origin,
+                    "name_clash",
+                    f"{first[key].origin} is already collected as data/{key[0]}/{key[1]}",
+                )
+            )
+    return kept, refused
+
+
 def remove_stale_temps(data_dir: Path) -> int:
     """Delete temp files a killed collect left behind (atomic writes name them .<file>.*.tmp)."""
     if not data_dir.is_dir():

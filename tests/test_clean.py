@@ -240,3 +240,22 @@ def test_clean_of_a_copied_image_under_another_name_is_a_duplicate(tmp_path):
     assert [(r.path, r.reason, r.detail) for r in rejected] == [
         ("circle/b.png", "duplicate", "same bytes as circle/a.png")
     ]
+
+
+def test_clean_one_gives_the_cached_pixels(tmp_path):
+    """Prediction decodes single files with clean_one: the same pixels training saw."""
+    from tasks.clean import clean_one
+
+    data = tmp_path / "data"
+    write_convertible_modes(data)
+    (data / "square" / "rotated.jpg").write_bytes(rotated_jpeg_bytes())
+    params = CleanParams(max_side=16, near_duplicates="off")
+    records, _ = clean_images.fn(data, tmp_path / "clean", params)
+    for rec in records:
+        image, size = clean_one((data / rec.path).read_bytes(), params)
+        assert size == (rec.width, rec.height)
+        with Image.open(tmp_path / "clean" / rec.cache) as cached:
+            assert list(image.getdata()) == list(cached.convert("RGB").getdata()), rec.path
+    with pytest.raises(RejectedImage) as err:
+        clean_one(image_bytes(Image.new("RGB", (4, 4))), params)
+    assert err.value.reason == "too_small"

@@ -314,3 +314,16 @@ def test_manifest_collect_errors_clearly(tmp_path, prefect_server):
     assert proc.returncode == 2
     assert "needs a 'label' column and a 'path' or 'url' column" in proc.stderr.replace("\n", "")
     assert not (project / "data").exists()
+
+
+def test_entries_landing_on_one_file_are_refused_not_overwritten(tmp_path):
+    from tasks.collect import unique_destinations
+    from tasks.sources import SourceItem
+
+    first = SourceItem("Cat", "a__b.png", "/src/a/b.png", data=b"1")
+    repeat = SourceItem("Cat", "a__b.png", "/src/a/b.png", data=b"1")
+    clash = SourceItem("cat", "a__b.png", "/src/cat/a__b.png", data=b"2")  # same folder: cat
+    other = SourceItem("dog", "a__b.png", "/src/dog/a__b.png", data=b"3")
+    kept, refused = unique_destinations([first, repeat, clash, other])
+    assert kept == [first, other]
+    assert [(r.source, r.reason) for r in refused] == [("/src/cat/a__b.png", "name_clash")]
