@@ -56,13 +56,15 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
             live.next_step()
             log.info(
                 "epoch %d/%d (%d backbone stages training) train_loss=%.4f val_loss=%s "
-                "val_accuracy=%s",
+                "val_accuracy=%s, %.0f img/s, %.0f%% of the time waiting for data",
                 m.epoch + 1,
                 params.epochs,
                 m.trainable_stages,
                 m.train_loss,
                 f"{m.val_loss:.4f}" if m.val_loss is not None else "-",
                 f"{m.val_accuracy:.4f}" if m.val_accuracy is not None else "-",
+                m.images_per_s,
+                100 * m.data_wait,
             )
             update_progress_artifact(progress, 100.0 * (m.epoch + 1) / params.epochs)
 

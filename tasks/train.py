@@ -18,7 +18,8 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,9 @@ class EpochMetrics:
     train_accuracy: float
     val_loss: float | None
     val_accuracy: float | None
+    # speed: share of the epoch's training time spent blocked on the loader, and images/s
+    data_wait: float = 0.0
+    images_per_s: float = 0.0
 
 
 @dataclass
@@ -251,6 +255,115 @@ class _Wrapped:
         return self.module
 
 
+@dataclass
+class Steps:
+    """What one optimisation step uses; fit builds it once, benchmarks build the same."""
+
+    net: nn.Module
+    params: TrainParams
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    scaler: torch.amp.GradScaler | None = None
+    ema: nn.Module | None = None
+    mixer: Callable | None = None
+
+
+def make_steps(
+    clf: Classifier,
+    params: TrainParams,
+    device: torch.device,
+    steps_per_epoch: int,
+    class_weight: torch.Tensor | None = None,
+) -> Steps:
+    """Optimizer, schedule, loss, AMP scaler, EMA and MixUp/CutMix as train.yaml asks."""
+    dtype = amp_dtype(params, device)
+    optimizer = make_optimizer(param_groups(clf, params), params)
+    return Steps(
+        net=clf.net,
+        params=params,
+        device=device,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, params, steps_per_epoch),
+        criterion=nn.CrossEntropyLoss(
+            weight=class_weight.to(device) if class_weight is not None else None,
+            label_smoothing=params.label_smoothing,
+        ),
+        dtype=dtype,
+        channels_last=uses_channels_last(params, device),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        ema=make_ema(clf.net, params.ema_decay) if params.ema_decay > 0 else None,
+        mixer=_mixer(params, clf.head.out_features),
+    )
+
+
+@dataclass
+class EpochTotals:
+    loss: float  # summed over images
+    correct: int
+    seen: int
+    seconds: float
+    data_wait: float  # seconds blocked waiting for the loader's next batch
+
+
+def train_epoch(
+    steps: Steps,
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    after_step: Callable[[int], None] | None = None,
+) -> EpochTotals:
+    """One pass over `batches`. Loss and accuracy stay on the device until the epoch ends:
+    a per-step `.item()` would make the CPU wait for the GPU at every step."""
+    p, device, scaler = steps.params, steps.device, steps.scaler
+    assert scaler is not None
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen, wait = 0, 0.0
+    started = time.perf_counter()
+    iterator = iter(batches)
+    step = 0
+    while True:
+        asked = time.perf_counter()
+        batch = next(iterator, None)
+        wait += time.perf_counter() - asked
+        if batch is None:
+            break
+        images, labels = batch
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if steps.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets: torch.Tensor = labels
+        if steps.mixer is not None and torch.rand(()) < p.mix_prob:
+            images, targets = steps.mixer(images, labels)
+        with autocast(device, steps.dtype):
+            logits = model(images)
+            loss = steps.criterion(logits.float(), targets)
+        steps.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if p.grad_clip > 0:
+            scaler.unscale_(steps.optimizer)
+            nn.utils.clip_grad_norm_(
+                [q for q in steps.net.parameters() if q.requires_grad], p.grad_clip
+            )
+        scaler.step(steps.optimizer)
+        scaler.update()
+        steps.scheduler.step()
+        if steps.ema is not None:
+            steps.ema.update_parameters(steps.net)
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+        if after_step:
+            after_step(step)
+        step += 1
+    loss_value, correct_value = loss_sum.item(), int(correct.item())  # waits for the device
+    return EpochTotals(loss_value, correct_value, seen, time.perf_counter() - started, wait)
+
+
 def fit(
     params: TrainParams,
     data: TrainData,
@@ -306,18 +419,11 @@ def fit(
     )
     val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed)
 
-    optimizer = make_optimizer(param_groups(clf, params), params)
-    steps_per_epoch = max(1, len(train_loader))
-    scheduler = make_scheduler(optimizer, params, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = make_ema(net, params.ema_decay) if params.ema_decay > 0 else None
-    weight = data.balance.loss_weight(classes)
-    criterion = nn.CrossEntropyLoss(
-        weight=weight.to(device) if weight is not None else None,
-        label_smoothing=params.label_smoothing,
+    steps = make_steps(
+        clf, params, device, max(1, len(train_loader)), data.balance.loss_weight(classes)
     )
+    optimizer, scheduler, scaler, ema = steps.optimizer, steps.scheduler, steps.scaler, steps.ema
     plain_criterion = nn.CrossEntropyLoss()
-    mixer = _mixer(params, len(classes))
     wrapped = _Wrapped(net, params, ranks, device)
     n_stages = len(clf.stages)
 
@@ -352,43 +458,22 @@ def fit(
         train_set.reseed(epoch_seed(params.seed, epoch) + ranks.rank)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        total_loss, correct, seen = 0.0, 0, 0
         frozen = n_trainable == 0
         label = f"epoch {epoch + 1}/{params.epochs}" + (
             " (head only)" if frozen else f" ({n_trainable}/{n_stages} stages)"
         )
         with Progress(transient=True, disable=not (show_progress and main)) as progress:
             bar = progress.add_task(label, total=len(train_loader))
-            for step, (images, labels) in enumerate(train_loader):
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                targets: torch.Tensor = labels
-                if mixer is not None and torch.rand(()) < params.mix_prob:
-                    images, targets = mixer(images, labels)
-                with autocast(device, dtype):
-                    logits = model(images)
-                    loss = criterion(logits.float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if params.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(
-                        [p for p in net.parameters() if p.requires_grad], params.grad_clip
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(net)
-                total_loss += loss.item() * len(labels)
-                correct += (logits.argmax(1) == labels).sum().item()
-                seen += len(labels)
-                progress.advance(bar)
+
+            def after_step(step: int, _epoch: int = epoch, _bar=bar, _progress=progress) -> None:
+                _progress.advance(_bar)
                 if on_step:
-                    on_step(epoch, step)
-        total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], device)
+                    on_step(_epoch, step)
+
+            totals = train_epoch(steps, model, train_loader, after_step)
+        total_loss, correct, seen = distributed.all_reduce_sum(
+            [totals.loss, totals.correct, totals.seen], device
+        )
         val_loss = val_acc = None
         evaluated = ema.module if ema is not None else net
         if len(val_set):
@@ -404,6 +489,8 @@ def fit(
             train_accuracy=correct / max(seen, 1),
             val_loss=val_loss,
             val_accuracy=val_acc,
+            data_wait=totals.data_wait / max(totals.seconds, 1e-9),
+            images_per_s=totals.seen / max(totals.seconds, 1e-9),
         )
         result.history.append(metrics)
         monitored = getattr(metrics, params.monitor)
