@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.utilities.annotations import quote
 
 from flows.naming import stage_run_name
 from flows.project import Project
@@ -51,7 +52,8 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
             update_progress_artifact(progress, percent)
 
     result = clean_task(project.data, out, params, on_progress)
-    manifest = write_manifest(result.records, result.rejected, out, project.data)
+    # quote: Prefect would otherwise visit every record to track task inputs (seconds at 10k)
+    manifest = write_manifest(quote(result.records), quote(result.rejected), out, project.data)
     classes = class_table(result)
     write_csv(classes, out / "classes.csv")
     reasons = (

@@ -215,13 +215,26 @@ def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> Non
 @app.command()
 def run(
     force: bool = typer.Option(False, help="run every stage even if DVC says it is up to date"),
+    until: StageName | None = typer.Option(  # type: ignore[valid-type]
+        None, help="stop after this stage (run only it and the stages it needs)"
+    ),
 ) -> None:
-    """Run the stale stages of dvc.yaml as one Prefect flow and record them in dvc.lock."""
-    from flows.pipeline import pipeline_flow
+    """Run the stale stages of dvc.yaml as one Prefect flow and record them in dvc.lock.
+
+    When DVC finds nothing stale, no flow run is started (like `dvc repro`).
+    """
+    from flows.dag import stale_stages
 
     project = _project()
     _validated(project)
-    result = pipeline_flow(str(project.root), force=force)
+    stop_at = until.value if until else None
+    if not force and not stale_stages(project.root, stop_at):
+        console.print("Everything is up to date.")
+        _print_metrics(project)
+        return
+    from flows.pipeline import pipeline_flow
+
+    result = pipeline_flow(str(project.root), force=force, until=stop_at)
     if result["ran"]:
         table = Table(title="stages run")
         table.add_column("stage")

@@ -9,6 +9,7 @@ from typing import Literal
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from flows.naming import stage_run_name
 from flows.project import Project
@@ -125,7 +126,7 @@ def collect_flow(
     remote = [i for i in items if i.url is not None]
     report = CollectReport(refused=refused)
     if local:
-        report = report.merge(write_items(local, data))
+        report = report.merge(write_items(quote(local), data))  # quote: no per-item visit
     if remote:
         report = report.merge(download_items(remote, data, limits))
     tables_changed = update_records(data, report.records) if report.records else False

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.dag import in_order
 from flows.naming import stage_run_name
 from flows.project import STAGES, Project
 
@@ -67,7 +68,6 @@ def pipeline_flow(root: str = ".", force: bool = False, until: str | None = None
 
     With `until`, only that stage and the stages it depends on.
     """
-    import networkx as nx
     from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
 
@@ -78,13 +78,7 @@ def pipeline_flow(root: str = ".", force: bool = False, until: str | None = None
     timings: dict[str, float] = {}
     # DVC resolves stage targets against the working directory
     with contextlib.chdir(project.root), Repo(str(project.root)) as repo, lock_repo(repo):
-        graph = repo.index.graph
-        start = None
-        if until is not None:
-            start = next((s for s in graph.nodes if s.addressing == until), None)
-            if start is None:
-                raise ValueError(f"no stage named {until!r} in dvc.yaml")
-        for stage in nx.dfs_postorder_nodes(graph, source=start):
+        for stage in in_order(repo, until):
             name = stage.addressing
             if not (force and isinstance(stage, PipelineStage)) and not stage.changed():
                 log.info("%s: up to date", name)

@@ -98,6 +98,7 @@ class EpochMetrics:
     # speed: share of the epoch's training time spent blocked on the loader, and images/s
     data_wait: float = 0.0
     images_per_s: float = 0.0
+    seconds: float = 0.0  # the training pass (validation not included)
 
 
 @dataclass
@@ -491,6 +492,7 @@ def fit(
             val_accuracy=val_acc,
             data_wait=totals.data_wait / max(totals.seconds, 1e-9),
             images_per_s=totals.seen / max(totals.seconds, 1e-9),
+            seconds=totals.seconds,
         )
         result.history.append(metrics)
         monitored = getattr(metrics, params.monitor)

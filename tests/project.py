@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parent.parent  # not from conftest: benchmarks import this
 
 # tiny budgets: every stage runs for real, in seconds
 TINY_PARAMS = {
