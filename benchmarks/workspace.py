@@ -85,8 +85,15 @@ def run_pipeline(root: Path, until: str | None = None) -> dict[str, float]:
 
 
 def stop_server(root: Path) -> None:
+    """Send this process's buffered Prefect logs, then stop the project's server by PID."""
+    import sys
+
     from tests.project import sh
 
+    if "prefect" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
     sh("visiontune", "server", "stop", cwd=root, check=False)
 
 

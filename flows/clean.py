@@ -51,7 +51,9 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
             step["last"] = percent
             update_progress_artifact(progress, percent)
 
-    result = clean_task(project.data, out, params, on_progress)
+    # raw-file hashes by size + mtime: kept out of the DVC-tracked folder (machine-specific)
+    hashes = project.root / ".cache" / "clean_raw_hashes.parquet"
+    result = clean_task(project.data, out, params, on_progress, hashes)
     # quote: Prefect would otherwise visit every record to track task inputs (seconds at 10k)
     manifest = write_manifest(quote(result.records), quote(result.rejected), out, project.data)
     classes = class_table(result)
