@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint format stop clean-artifacts
+.PHONY: install demo test bench lint format stop clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# speed and scale against baselines → benchmarks/results.md (≈10 min, 2 CPU cores)
+bench: install
+	$(BIN)/python -m benchmarks
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,8 +7,8 @@ Builds a real project (git + DVC, this repo's dvc.yaml, params and code) with
 runs the whole pipeline once (the stage work), then times the commands a user
 runs when nothing changed, `repeat` times each (median), as subprocesses
 exactly as typed in a shell. Goals: no-op `dvc repro` < 2 s, no-op
-`visiontune run` < 5 s. The server is stopped by its PID and the project
-deleted afterwards (unless --keep).
+`visiontune run` < 5 s, and `visiontune --help` < 1 s. The server is stopped
+by its PID and the project deleted afterwards (unless --keep).
 """
 
 from __future__ import annotations
@@ -52,6 +52,17 @@ def measure(project: ScaleProject, repeat: int = 3) -> list[Result]:
                 detail=f"median of {repeat}; the stage work took {project.total:.0f} s",
             )
         )
+    help_s = statistics.median(timed(["visiontune", "--help"], project.root) for _ in range(repeat))
+    rows.append(
+        result(
+            "orchestration",
+            "`visiontune --help` start-up",
+            help_s,
+            unit=" s",
+            goal=(at_most, 1.0),
+            detail=f"median of {repeat}; heavy imports (torch, Prefect, DVC) wait for a command",
+        )
+    )
     status = sh("dvc", "status", cwd=project.root).stdout
     assert "up to date" in status, f"the pipeline is not up to date after the run:\n{status}"
     return rows

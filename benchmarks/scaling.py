@@ -5,7 +5,8 @@
 Each size is a subset (the first N/5 files of each class) of one generated set
 of 160×120 photos; clean decodes into a fresh cache, split assigns the
 manifest, and one epoch trains the scale project's model (mobilenet_v3_small
-at 32 px, CPU). The exponent k of time ∝ N^k is the slope of a least-squares
+at 32 px, CPU, one thread so that other load on a shared machine does not
+distort the curve). The exponent k of time ∝ N^k is the slope of a least-squares
 fit of log time on log N: 1 is linear, which is the goal (≤ 1.15).
 """
 
@@ -32,6 +33,8 @@ def subset(source: Path, dest: Path, count: int) -> Path:
 
 
 def timings(data: Path, work: Path) -> dict[str, float]:
+    import torch
+
     from benchmarks.workspace import SCALE_PARAMS
     from params import AugmentParams, CleanParams, SplitParams, TrainParams
     from tasks.augment import build_pipelines
@@ -49,7 +52,12 @@ def timings(data: Path, work: Path) -> dict[str, float]:
     augment = AugmentParams(**SCALE_PARAMS["augment"])
     pipelines = build_pipelines(augment, *preprocessing(train.model))
     train_data = TrainData(split, work / "clean", *pipelines, augment.image_size)
-    epoch = fit(train, train_data, show_progress=False).history[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two OpenMP threads slow down 5× when another process holds a core
+    try:
+        epoch = fit(train, train_data, show_progress=False).history[0]
+    finally:
+        torch.set_num_threads(threads)
     return {"clean": clean_s[0], "split": split_s[0], "train epoch": epoch.seconds}
 
 

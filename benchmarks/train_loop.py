@@ -2,13 +2,14 @@
 
     python -m benchmarks.train_loop [--model efficientnet_lite0] [--size 96] [--steps 8]
 
-Both loops train the same network (same weights, same trainable layers, same
-BatchNorm mode) with the same optimizer on the same batches held in memory,
-at the same precision. visiontune's side is `tasks.train.train_epoch` with
+Both loops train the same network instance (same trainable layers, same
+BatchNorm mode; each loop with its own AdamW state) on the same batches held
+in memory, at the same precision. visiontune's side is `tasks.train.train_epoch` with
 everything `fit` builds for it (param groups, LR schedule stepped per batch,
 label smoothing, GradScaler, metrics summed on the device); the baseline is
-zero_grad → forward → loss → backward → step. Passes alternate, best of
-`rounds` each, so load on the machine hits both alike.
+zero_grad → forward → loss → backward → step. The two alternate step by step
+(who goes first alternates too) for `rounds` passes over the batches; each
+side's speed is its median step, so load on a shared machine hits both alike.
 
 Then trains for real (`fit`, 2 epochs, loader with 0 workers on CPU) and
 reports the data-wait share of each epoch: the time blocked on the loader
@@ -18,7 +19,7 @@ over the epoch's training time, which fit logs as the `data_wait` metric.
 from __future__ import annotations
 
 import argparse
-import copy
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -99,55 +100,51 @@ def compare_steps(
     dtype, cl = amp_dtype(params, device), uses_channels_last(params, device)
     torch.manual_seed(0)
     clf = build_classifier(model, weights, NUM_CLASSES, params.dropout)
-    base_net = copy.deepcopy(clf.net)
-    nets = [clf.net.to(device), base_net.to(device)]
-    for net in nets:
-        if cl:
-            net.to(memory_format=torch.channels_last)
-        net.train()
+    # one network for both loops (each with its own optimizer state): a deep copy of a
+    # network can run slower than the original (memory layout), which would bias the ratio
+    net = clf.net.to(device)
+    if cl:
+        net.to(memory_format=torch.channels_last)
+    net.train()
     clf.set_trainable_stages(len(clf.stages), params.batchnorm)
-    base_clf = copy.copy(clf)  # same stage/head bookkeeping, over the copied network
-    base_clf.net, base_clf.head = base_net, _same_head(clf, base_net)
-    base_clf.set_trainable_stages(len(clf.stages), params.batchnorm)
 
     batches = in_memory_batches(steps, batch, size, device)
     tools = make_steps(clf, params, device, steps * (rounds + 1))
     base_opt = torch.optim.AdamW(
-        [p for p in base_net.parameters() if p.requires_grad],
+        [p for p in net.parameters() if p.requires_grad],
         lr=params.lr,
         weight_decay=params.weight_decay,
     )
-    ours = base = float("inf")
 
-    def timed(fn) -> float:
+    def timed(fn, batch_list) -> float:
         started = time.perf_counter()
-        fn()
+        fn(batch_list)
         return time.perf_counter() - started
 
-    def run_ours() -> None:
-        train_epoch(tools, clf.net, batches)
+    def run_ours(batch_list) -> None:
+        train_epoch(tools, net, batch_list)
 
-    def run_base() -> None:
-        minimal_epoch(base_net, base_opt, batches, device, dtype, cl)
+    def run_base(batch_list) -> None:
+        minimal_epoch(net, base_opt, batch_list, device, dtype, cl)
 
-    for r in range(rounds + 1):  # round 0 warms both up (allocator, kernels, caches)
-        first, second = (run_ours, run_base) if r % 2 else (run_base, run_ours)
-        times = {first: timed(first), second: timed(second)}  # who goes first alternates
-        if r:
-            ours, base = min(ours, times[run_ours]), min(base, times[run_base])
-    n = steps * batch
+    run_ours(batches), run_base(batches)  # warm-up: allocator, kernels, caches
+    # step by step, alternating who goes first, so drifting load on a shared machine
+    # hits both loops alike; each side's time is the median step
+    ours_steps, base_steps = [], []
+    for r in range(rounds):
+        for i, b in enumerate(batches):
+            first, second = (run_ours, run_base) if (r + i) % 2 else (run_base, run_ours)
+            t_first, t_second = timed(first, [b]), timed(second, [b])
+            ours_steps.append(t_first if first is run_ours else t_second)
+            base_steps.append(t_second if first is run_ours else t_first)
+    ours, base = statistics.median(ours_steps), statistics.median(base_steps)
+    n = batch
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     setting = f"{model} {size}px batch {batch}, {where} {precision}" + (
         " channels_last" if cl else ""
     )
     return n / ours, n / base, setting
-
-
-def _same_head(clf, net):
-    """The copied network's module that plays clf.head."""
-    name = next(n for n, m in clf.net.named_modules() if m is clf.head)
-    return net.get_submodule(name)
 
 
 def data_wait(images: int, size: int) -> list[Result]:

@@ -116,3 +116,14 @@ def test_adding_images_decodes_only_them_and_moves_no_old_image(project, tmp_pat
     expected = pd.DataFrame([r.__dict__ for r in full.records])[columns]
     assert incremental[columns].equals(expected)
     assert "Data and pipelines are up to date." in sh("dvc", "status", "augment", cwd=root).stdout
+
+
+def test_run_until_a_stage_stops_there(project):
+    root = project[0]
+    # dvc repro augment ran the data stages; tune, train and evaluate were never run
+    assert "tune" in sh("dvc", "status", cwd=root).stdout
+    until = sh("visiontune", "run", "--until", "augment", cwd=root)
+    assert "Everything is up to date." in until.stdout
+    assert not (root / "artifacts" / "tune").exists()
+    bad = sh("visiontune", "run", "--until", "nope", cwd=root, check=False)
+    assert bad.returncode == 2 and "nope" in bad.stderr

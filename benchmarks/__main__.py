@@ -1,0 +1,87 @@
+"""Run every benchmark and write benchmarks/results.md: `make bench` (≈10 min on 2 CPU cores).
+
+    python -m benchmarks [--images 10000] [--out benchmarks/results.md] [--only NAME ...]
+
+The orchestration and incremental benchmarks share one project of `images`
+files (built once, its pipeline run once); the others build their own inputs
+in temporary folders. Each row is printed as it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+from benchmarks.report import Result, stopwatch, write_markdown
+
+NAMES = ("data_loading", "train_loop", "gpu", "orchestration", "incremental", "scaling")
+
+
+def environment() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU"
+    return (
+        f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPU cores, {gpu}"
+    )
+
+
+def run(names: tuple[str, ...], images: int) -> list[Result]:
+    from benchmarks import data_loading, gpu, incremental, orchestration, scaling, train_loop
+    from benchmarks.workspace import scale_project, stop_server
+
+    rows: list[Result] = []
+    # first: its in-process pipeline run must import Prefect after pointing it at the
+    # project's server (Prefect reads its settings at import)
+    if {"orchestration", "incremental"} & set(names):
+        root = Path(tempfile.mkdtemp(prefix="vt-bench-scale-"))
+        try:
+            project = scale_project(root / "project", images)
+            if "orchestration" in names:
+                rows += orchestration.measure(project)
+            if "incremental" in names:
+                rows += incremental.measure(project)
+        finally:
+            stop_server(root / "project")
+            shutil.rmtree(root, ignore_errors=True)
+    if "data_loading" in names:
+        rows += data_loading.run()
+    if "train_loop" in names:
+        rows += train_loop.run()
+    if "gpu" in names:
+        rows += gpu.run()
+    if "scaling" in names:
+        rows += scaling.run()
+    return rows
+
+
+def main() -> None:
+    for key, value in {"NO_ALBUMENTATIONS_UPDATE": "1", "DVC_NO_ANALYTICS": "1"}.items():
+        os.environ.setdefault(key, value)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10000, help="files in the scale project")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.md")
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    args = parser.parse_args()
+    with stopwatch() as t:
+        rows = run(tuple(args.only), args.images)
+    header = (
+        "# Benchmark results\n\n"
+        f"`make bench` on {datetime.date.today()}: {environment()}. "
+        f"All {len(rows)} rows took {t[0] / 60:.1f} min. Ratios compare visiontune with a "
+        "baseline run in the same process, so load on the machine hits both; see each "
+        "script's docstring for what exactly runs."
+    )
+    write_markdown(rows, header, args.out)
+    missed = [r for r in rows if r.met is False]
+    print(f"\nwrote {args.out} ({len(rows)} rows, {len(missed)} goal(s) missed, {t[0]:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
