@@ -227,6 +227,8 @@ def run(
 
     project = _project()
     _validated(project)
+    if not project.data.is_dir():
+        _fail(f"{project.data} does not exist: bring images in with `visiontune collect` first")
     stop_at = until.value if until else None
     if not force and not stale_stages(project.root, stop_at):
         console.print("Everything is up to date.")

@@ -127,3 +127,10 @@ def test_run_until_a_stage_stops_there(project):
     assert not (root / "artifacts" / "tune").exists()
     bad = sh("visiontune", "run", "--until", "nope", cwd=root, check=False)
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_run_without_data_says_to_collect_first(tmp_path):
+    root = make_project(tmp_path / "empty")
+    proc = sh("visiontune", "run", cwd=root, check=False)
+    assert proc.returncode == 2
+    assert "visiontune collect" in proc.stderr and "Traceback" not in proc.stderr
