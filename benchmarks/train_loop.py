@@ -10,6 +10,8 @@ label smoothing, GradScaler, metrics summed on the device); the baseline is
 zero_grad → forward → loss → backward → step. The two alternate step by step
 (who goes first alternates too) for `rounds` passes over the batches; each
 side's speed is its median step, so load on a shared machine hits both alike.
+On CPU both run on one thread: with two, a step stalls whenever another process
+holds a core, and step times swung by up to 5× on these 2-core machines.
 
 Then trains for real (`fit`, 2 epochs, loader with 0 workers on CPU) and
 reports the data-wait share of each epoch: the time blocked on the loader
@@ -127,6 +129,9 @@ def compare_steps(
     def run_base(batch_list) -> None:
         minimal_epoch(net, base_opt, batch_list, device, dtype, cl)
 
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # see the module docstring
     run_ours(batches), run_base(batches)  # warm-up: allocator, kernels, caches
     # step by step, alternating who goes first, so drifting load on a shared machine
     # hits both loops alike; each side's time is the median step
@@ -137,10 +142,12 @@ def compare_steps(
             t_first, t_second = timed(first, [b]), timed(second, [b])
             ours_steps.append(t_first if first is run_ours else t_second)
             base_steps.append(t_second if first is run_ours else t_first)
+    torch.set_num_threads(threads)
     ours, base = statistics.median(ours_steps), statistics.median(base_steps)
     n = batch
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    where += " (1 thread)" if device.type == "cpu" else ""
     setting = f"{model} {size}px batch {batch}, {where} {precision}" + (
         " channels_last" if cl else ""
     )
