@@ -29,6 +29,12 @@ os.environ.setdefault("VISIONTUNE_CACHE", str(Path.home() / ".cache" / "visiontu
 
 REPO = Path(__file__).resolve().parent.parent
 
+# DVC and Prefect set up their log handlers on the sys.stdout/stderr of their import. Import
+# them now, on pytest's streams: imported first inside a CliRunner.invoke, they would keep
+# that invoke's streams, closed once it returns, and every later in-process command would fail.
+import dvc.repo  # noqa: E402, F401
+import prefect.main  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def prefect_server():
