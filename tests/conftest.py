@@ -14,6 +14,12 @@ from pathlib import Path
 
 import pytest
 
+# One torch (OpenMP) thread, here and in every process the tests start, unless the caller
+# says otherwise. The tiny models gain nothing from a second thread on an idle 2-core
+# machine (test_train: 27 s either way) and lose much when another job holds a core
+# (52 s with two threads vs 31 s with one). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from flows.environment import QUIET_OFFLINE
 from flows.project import Project
 from flows.server import free_port, start_server, stop_server
@@ -28,6 +34,12 @@ os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ.setdefault("VISIONTUNE_CACHE", str(Path.home() / ".cache" / "visiontune"))
 
 REPO = Path(__file__).resolve().parent.parent
+
+# DVC and Prefect set up their log handlers on the sys.stdout/stderr of their import. Import
+# them now, on pytest's streams: imported first inside a CliRunner.invoke, they would keep
+# that invoke's streams, closed once it returns, and every later in-process command would fail.
+import dvc.repo  # noqa: E402, F401
+import prefect.main  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,13 @@
+import contextlib
 import hashlib
-import os
 import random
-import signal
-import subprocess
-import time
 
 import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from flows import cli
 from flows.cli import app
 from tasks.sources import (
     RESERVED_COLUMNS,
@@ -21,7 +19,8 @@ from tasks.sources import (
 from tests.conftest import REPO
 from tests.http_server import GOOD_JPEG, GOOD_PNG, TRICKLE_PNG, ImageServer
 from tests.images import image_bytes, shape_image, write_image_folder
-from tests.project import env, make_project, sh
+from tests.processes import kill_when, start
+from tests.project import make_project
 
 # fast, small limits for the local server: 1 s per attempt, 1 retry after 0.05 s, 64 KiB cap
 LIMITS = ("--timeout", "1", "--retries", "1", "--backoff", "0.05", "--max-mb", "0.0625")
@@ -30,15 +29,28 @@ LIMITS = ("--timeout", "1", "--retries", "1", "--backoff", "0.05", "--max-mb", "
 @pytest.fixture(autouse=True)
 def _wide_console(monkeypatch):
     """Rich wraps tables to the terminal width; a wide one keeps each row on one line."""
-    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setenv("COLUMNS", "400")  # the console script's
+    monkeypatch.setattr(cli.console, "_width", 400)  # this process's (fixed if COLUMNS was set)
 
 
-def _collect(project, *args):
-    return sh("visiontune", "collect", *args, cwd=project).stdout.replace("\n", "")
+def _invoke(project, *args):
+    """`visiontune collect ARGS` in this process, as the console script runs it in PROJECT.
+
+    The console script itself runs below (a killed download) and in test_pipeline; in-process
+    runs go through the same CLI and flows without paying for a new interpreter each time.
+    """
+    with contextlib.chdir(project):
+        return CliRunner().invoke(app, ["collect", *args])
 
 
 def _collect_lines(project, *args) -> list[str]:
-    return sh("visiontune", "collect", *args, cwd=project).stdout.splitlines()
+    result = _invoke(project, *args)
+    assert result.exit_code == 0, f"{result.output[-4000:]}\n{result.exception!r}"
+    return result.stdout.splitlines()
+
+
+def _collect(project, *args):
+    return "".join(_collect_lines(project, *args))
 
 
 def _refusals(lines: list[str]) -> dict[str, str]:
@@ -189,27 +201,15 @@ def test_a_killed_download_leaves_nothing_in_data(tmp_path, prefect_server):
     with ImageServer() as server:
         urls = tmp_path / "urls.txt"
         urls.write_text(f"{server.url('/trickle.png')} circle\n")
-        proc = subprocess.Popen(
-            ["visiontune", "collect", "urls", str(urls), "--timeout", "120"],
-            cwd=project,
-            env=env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            temp = []
-            while not temp and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.2)
-                temp = (
-                    list((project / "data").rglob(".*.tmp")) if (project / "data").exists() else []
-                )
-            assert temp, "the download never started"
-            assert temp[0].stat().st_size < len(TRICKLE_PNG)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # the collect we started, mid-download
-            proc.wait(timeout=30)
+
+        def temp_files() -> list:
+            data = project / "data"
+            return list(data.rglob(".*.tmp")) if data.exists() else []
+
+        proc = start("visiontune", "collect", "urls", str(urls), "--timeout", "120", cwd=project)
+        kill_when(proc, temp_files, "the download started", timeout=120)  # mid-download
+        temp = temp_files()
+        assert temp[0].stat().st_size < len(TRICKLE_PNG)
         server.release_trickle.set()
         assert {
             f for f in _data_files(project) if not f.rsplit("/", 1)[-1].startswith(".")
@@ -308,11 +308,9 @@ def test_manifest_readers(tmp_path):
 def test_manifest_collect_errors_clearly(tmp_path, prefect_server):
     project = make_project(tmp_path / "project")
     (tmp_path / "m.csv").write_text("file,label\na.png,cat\n")
-    proc = sh(
-        "visiontune", "collect", "manifest", str(tmp_path / "m.csv"), cwd=project, check=False
-    )
-    assert proc.returncode == 2
-    assert "needs a 'label' column and a 'path' or 'url' column" in proc.stderr.replace("\n", "")
+    result = _invoke(project, "manifest", str(tmp_path / "m.csv"))
+    assert result.exit_code == 2
+    assert "needs a 'label' column and a 'path' or 'url' column" in result.stderr.replace("\n", "")
     assert not (project / "data").exists()
 
 

@@ -1,5 +1,6 @@
-"""The data stages through the real CLI and `dvc repro`: manifest collect with a grouping
-column, clean's cache surviving `dvc repro`, stable splits with folds, the balance plan."""
+"""The data stages through `dvc repro` (each stage's real `visiontune stage` command): manifest
+collect with a grouping column, clean's cache surviving `dvc repro`, stable splits with folds,
+the balance plan."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import pandas as pd
 import pytest
 
+from flows.collect import run_collect
 from params import CleanParams
 from tasks.clean import clean_dataset
 from tests.images import truncated_png, write_image_folder
@@ -51,7 +53,7 @@ def project(tmp_path_factory, prefect_server):
     }
     _manifest_csv(source, groups).to_csv(source / "manifest.csv", index=False)
     root = make_project(base / "project", PARAMS)
-    sh("visiontune", "collect", "manifest", str(source / "manifest.csv"), cwd=root)
+    run_collect("manifest", str(source / "manifest.csv"), str(root))  # in-process: see test_collect
     first = sh("dvc", "repro", "augment", cwd=root)
     return root, source, groups, first
 
@@ -99,7 +101,7 @@ def test_adding_images_decodes_only_them_and_moves_no_old_image(project, tmp_pat
     before = pd.read_parquet(root / "artifacts" / "split" / "split.parquet").set_index("path")
     write_image_folder(source, per_class=1, seed=3)
     _manifest_csv(source, groups).to_csv(source / "manifest.csv", index=False)
-    sh("visiontune", "collect", "manifest", str(source / "manifest.csv"), cwd=root)
+    run_collect("manifest", str(source / "manifest.csv"), str(root))  # in-process: see test_collect
     second = sh("dvc", "repro", "augment", cwd=root)
     assert _decoded(second.stdout + second.stderr) == (3, 40)
 

@@ -5,26 +5,19 @@ import subprocess
 import sys
 
 from params import TrainParams
-from tasks.augment import save_pipeline
 from tasks.checkpoint import load_torch
 from tasks.train import CHECKPOINT, MODEL
 from tests.conftest import REPO
-from tests.training import tiny_train_data
+from tests.training import save_inputs, tiny_train_data
 
 CHILD = """
 import json, os, sys
 from pathlib import Path
-import pandas as pd
-from params import CleanParams, TrainParams
-from tasks.augment import load_pipeline
-from tasks.train import TrainData, fit
+from tasks.train import fit
+from tests.training import load_inputs
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-data = TrainData(
-    pd.read_parquet(root / "split.parquet"), root / "clean", load_pipeline(root / "train.yaml"),
-    load_pipeline(root / "eval.yaml"), 32, clean=CleanParams(max_side=32),
-)
-params = TrainParams.model_validate_json((root / "params.json").read_text())
+data, params = load_inputs(root)
 result = fit(params, data, out_dir=out, show_progress=False)
 history = [[m.val_loss, m.train_loss] for m in result.history]
 (root / f"result{os.environ['RANK']}.json").write_text(json.dumps(history))
@@ -36,13 +29,7 @@ def test_two_ranks_train_in_step_and_only_rank_0_writes(tmp_path):
 
     data = tiny_train_data(tmp_path / "data")
     params = TrainParams(epochs=2, freeze_epochs=1, batch_size=4, device="cpu", patience=5)
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    data.split.to_parquet(inputs / "split.parquet")
-    (inputs / "clean").symlink_to(data.clean_dir)
-    save_pipeline(data.train_pipeline, inputs / "train.yaml")
-    save_pipeline(data.eval_pipeline, inputs / "eval.yaml")
-    (inputs / "params.json").write_text(params.model_dump_json())
+    inputs = save_inputs(data, params, tmp_path / "inputs")
     (tmp_path / "child.py").write_text(CHILD)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -86,20 +87,36 @@ def test_outputs_of_each_stage(ran_project):
     assert "confusion_normalized" in plots and "artifacts/evaluate/predictions.csv" in plots
 
 
+def _cli(project, *args):
+    """A visiontune command in this process (CliRunner), run in PROJECT: the console script
+    itself runs in the fixture and below; these only prove the commands' own wiring."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    with contextlib.chdir(project):
+        return CliRunner().invoke(app, list(args))
+
+
+def _ok(result):
+    assert result.exit_code == 0, f"{result.output[-4000:]}\n{result.exception!r}"
+    return result.stdout
+
+
 def test_use_the_trained_model_from_the_cli(ran_project):
     project, _, _ = ran_project
-    predicted = sh("visiontune", "predict", "data/square", "--top-k", "2", cwd=project)
+    predicted = _ok(_cli(project, "predict", "data/square", "--top-k", "2"))
     rows = pd.read_csv(project / "artifacts" / "predict" / "predictions.csv")
     assert len(rows) == 14 and set(rows["predicted"]) <= {"circle", "square", "triangle"}
-    assert "14 image(s)" in predicted.stdout
-    exported = sh("visiontune", "export", "--format", "onnx", cwd=project)
-    assert "same top-1 for all" in exported.stdout
+    assert "14 image(s)" in predicted
+    exported = _ok(_cli(project, "export", "--format", "onnx"))
+    assert "same top-1 for all" in exported
     assert (project / "artifacts" / "export" / "model.onnx").stat().st_size > 0
-    found = sh("visiontune", "lr-find", "--steps", "12", cwd=project)
-    assert "suggested lr" in found.stdout
+    found = _ok(_cli(project, "lr-find", "--steps", "12"))
+    assert "suggested lr" in found
     assert (project / "artifacts" / "lr_find" / "lr_find.png").stat().st_size > 0
-    no_folds = sh("visiontune", "crossval", cwd=project, check=False)
-    assert no_folds.returncode == 2
+    no_folds = _cli(project, "crossval")
+    assert no_folds.exit_code == 2
     assert "params/split.yaml" in no_folds.stderr
 
 

@@ -8,14 +8,13 @@ import pytest
 import torch
 
 from params import TrainParams
-from tasks.augment import save_pipeline
 from tasks.balance import BalancePlan
 from tasks.checkpoint import load_torch
 from tasks.model import LITE0, ModelError, build_classifier
 from tasks.optim import stage_lrs, trainable_stages
 from tasks.train import CHECKPOINT, MODEL, TrainData, fit, load_model, param_groups
 from tests.conftest import REPO
-from tests.training import tiny_train_data
+from tests.training import save_inputs, tiny_train_data
 
 TINY = dict(epochs=3, freeze_epochs=1, batch_size=8, patience=5, lr=3e-3, device="cpu")
 
@@ -177,36 +176,23 @@ def test_checkpoint_holds_the_whole_training_state(data, tmp_path):
 CHILD = """
 import sys, time
 from pathlib import Path
-import pandas as pd
-from params import CleanParams, TrainParams
-from tasks.augment import load_pipeline
-from tasks.train import TrainData, fit
+from tasks.train import fit
+from tests.training import load_inputs
 
-root, out = Path(sys.argv[1]), Path(sys.argv[2])
-data = TrainData(
-    pd.read_parquet(root / "split.parquet"), root / "clean", load_pipeline(root / "train.yaml"),
-    load_pipeline(root / "eval.yaml"), 32, clean=CleanParams(max_side=32),
-)
-params = TrainParams.model_validate_json((root / "params.json").read_text())
+data, params = load_inputs(Path(sys.argv[1]))
 
 def on_step(epoch, step):
     if epoch == 2 and step == 1:
         print("mid-epoch", flush=True)
         time.sleep(600)
 
-fit(params, data, out_dir=out, show_progress=False, on_step=on_step)
+fit(params, data, out_dir=Path(sys.argv[2]), show_progress=False, on_step=on_step)
 """
 
 
 def test_resume_after_the_training_process_is_killed_mid_epoch(data, tmp_path):
     params = TrainParams(**{**TINY, "epochs": 4, "ema_decay": 0.9, "mixup_alpha": 0.4})
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    data.split.to_parquet(inputs / "split.parquet")
-    (inputs / "clean").symlink_to(data.clean_dir)
-    save_pipeline(data.train_pipeline, inputs / "train.yaml")
-    save_pipeline(data.eval_pipeline, inputs / "eval.yaml")
-    (inputs / "params.json").write_text(params.model_dump_json())
+    inputs = save_inputs(data, params, tmp_path / "inputs")
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(

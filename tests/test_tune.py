@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
 import time
 
 import optuna
-import pandas as pd
 import pytest
 import yaml
 
-from params import AugmentParams, CleanParams, ParamsError, SplitParams, TrainParams, TuneParams
+from params import ParamsError, TrainParams, TuneParams
 from params.schema import load_params
-from tasks.augment import build_pipelines
-from tasks.clean import clean_images
-from tasks.model import LITE0, preprocessing
-from tasks.split import assign_splits
 from tasks.train import TrainData
 from tasks.tune import apply_best_params, best_record, make_storage, open_study, run_search
 from tests.images import write_image_folder
-from tests.project import TINY_PARAMS, env, make_project, sh
+from tests.processes import kill_when, start
+from tests.project import TINY_PARAMS, make_project
+from tests.training import tiny_train_data
 
 TINY_TRAIN = TrainParams(epochs=1, freeze_epochs=0, batch_size=8, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> TrainData:
-    root = tmp_path_factory.mktemp("tune")
-    write_image_folder(root / "data", per_class=8)
-    records, _ = clean_images.fn(root / "data", root / "clean", CleanParams(max_side=32))
-    split = assign_splits(
-        pd.DataFrame([r.__dict__ for r in records]), SplitParams(train=0.6, val=0.2, test=0.2)
-    )
-    train_pipe, eval_pipe = build_pipelines(AugmentParams(image_size=32), *preprocessing(LITE0))
-    return TrainData(split, root / "clean", train_pipe, eval_pipe, image_size=32)
+    return tiny_train_data(tmp_path_factory.mktemp("tune"), per_class=8)
 
 
 def test_search_space_is_validated_against_train_params(tmp_path):
@@ -112,51 +99,43 @@ def _beating(db) -> set[int]:
 
 
 def test_a_search_killed_with_sigkill_resumes(tmp_path, prefect_server):
+    from flows.collect import run_collect
+    from flows.pipeline import pipeline_flow, run_stage
+    from flows.project import Project
+
     source = tmp_path / "source"
     write_image_folder(source, per_class=10)
-    params = {**TINY_PARAMS, "tune": {"n_trials": 0}}
-    project = make_project(tmp_path / "project", params)
-    sh("visiontune", "collect", "folder", str(source), cwd=project)
-    sh("visiontune", "run", cwd=project)  # upstream stages, tune skipped
-
-    tune_yaml = project / "params" / "tune.yaml"
-    tune = yaml.safe_load(tune_yaml.read_text())
-    tune |= {"n_trials": 4, "epochs": 2, "heartbeat_interval": 1, "grace_period": 3}
-    tune_yaml.write_text(yaml.safe_dump(tune))
+    tune = {
+        **TINY_PARAMS["tune"],
+        "n_trials": 3,
+        "epochs": 2,
+        "heartbeat_interval": 1,
+        "grace_period": 3,
+    }
+    project = make_project(tmp_path / "project", {**TINY_PARAMS, "tune": tune})
+    run_collect("folder", str(source), str(project))
+    pipeline_flow(str(project), until="augment")  # the stages upstream of tune, in-process
     db = project / "artifacts" / "tune" / "study" / "study.db"
 
-    proc = subprocess.Popen(
-        ["visiontune", "stage", "tune"],
-        cwd=project,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    # the search runs in a real process (the console script dvc.yaml calls), killed with -9
+    # once a trial has finished and the next one is running with a heartbeat
+    proc = start("visiontune", "stage", "tune", cwd=project)
+    kill_when(
+        proc,
+        lambda: db.is_file() and any(s == "COMPLETE" for _, s in _states(db)) and _beating(db),
+        "a trial completed and the next one was beating",
     )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            states = _states(db) if db.is_file() else []
-            if any(s == "COMPLETE" for _, s in states) and _beating(db):
-                break
-            assert proc.poll() is None, "the search ended before it could be killed"
-            time.sleep(0.2)
-        else:
-            raise AssertionError("no trial completed within 300 s")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     killed = _states(db)
     done_before = {n for n, s in killed if s in ("COMPLETE", "PRUNED")}
     running = {n for n, s in killed if s == "RUNNING"}
     assert done_before and running
 
     time.sleep(3)  # let the killed trial's heartbeat go stale
-    sh("visiontune", "stage", "tune", cwd=project)
+    run_stage(Project(project), "tune")  # the rerun: what `visiontune stage tune` runs
     after = dict(_states(db))
     assert all(after[n] in ("COMPLETE", "PRUNED") for n in done_before)  # kept
     assert all(after[n] == "FAIL" for n in running)  # failed, not left RUNNING
-    assert sum(s in ("COMPLETE", "PRUNED") for s in after.values()) == 4  # budget met
+    assert sum(s in ("COMPLETE", "PRUNED") for s in after.values()) == 3  # budget met
     best = yaml.safe_load((project / "artifacts" / "tune" / "best_params.yaml").read_text())
     assert best["source"] == "optuna"
     study = open_study(

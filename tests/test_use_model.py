@@ -100,6 +100,13 @@ def test_export_gives_the_same_outputs(trained, tmp_path, fmt):
     with torch.no_grad():
         other.get_submodule("_fc").weight.add_(1.0)
     assert not check_parity(other, out, fmt, inputs).ok(1e-4)
+    # a failed check removes the file and raises (no tolerance passes; a tiny net exports fast)
+    tiny = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, len(data.classes)),
+    )
     with pytest.raises(ExportParityError, match="differs"):
-        export_model(net, meta, fmt, tmp_path / f"bad.{fmt}", inputs, atol=-1.0)
+        export_model(tiny, meta, fmt, tmp_path / f"bad.{fmt}", inputs, atol=-1.0)
     assert not (tmp_path / f"bad.{fmt}").exists()

@@ -1,4 +1,8 @@
-"""Tiny real training inputs: shape images → clean → split → pipelines, as the stages make them."""
+"""Tiny real training inputs: shape images → clean → split → pipelines, as the stages make them.
+
+save_inputs/load_inputs hand them (and the train params) to a child process: a training run
+killed with -9, the ranks of torchrun.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from params import AugmentParams, CleanParams, SplitParams
-from tasks.augment import build_pipelines
+from params import AugmentParams, CleanParams, SplitParams, TrainParams
+from tasks.augment import build_pipelines, load_pipeline, save_pipeline
 from tasks.clean import clean_images
 from tasks.model import LITE0, preprocessing
 from tasks.train import TrainData
@@ -31,3 +35,27 @@ def assign(manifest: pd.DataFrame) -> pd.DataFrame:
     from tasks.split import assign_splits
 
     return assign_splits(manifest, SplitParams(train=0.6, val=0.2, test=0.2))
+
+
+def save_inputs(data: TrainData, params: TrainParams, folder: Path) -> Path:
+    """Write `data` (split, a link to its clean cache, both pipelines) and `params` to folder."""
+    folder.mkdir(parents=True)
+    data.split.to_parquet(folder / "split.parquet")
+    (folder / "clean").symlink_to(data.clean_dir)
+    save_pipeline(data.train_pipeline, folder / "train.yaml")
+    save_pipeline(data.eval_pipeline, folder / "eval.yaml")
+    (folder / "params.json").write_text(params.model_dump_json())
+    return folder
+
+
+def load_inputs(folder: Path) -> tuple[TrainData, TrainParams]:
+    """The TrainData and TrainParams that save_inputs wrote (images at 32 px, clean as CLEAN)."""
+    data = TrainData(
+        pd.read_parquet(folder / "split.parquet"),
+        folder / "clean",
+        load_pipeline(folder / "train.yaml"),
+        load_pipeline(folder / "eval.yaml"),
+        image_size=32,
+        clean=CLEAN,
+    )
+    return data, TrainParams.model_validate_json((folder / "params.json").read_text())
