@@ -32,7 +32,7 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-# speed and scale against baselines → benchmarks/results.md (≈10 min, 2 CPU cores)
+# speed and scale against baselines → benchmarks/results.md (≈6–8 min on 2 CPU cores)
 bench: install
 	$(BIN)/python -m benchmarks
 

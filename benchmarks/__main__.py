@@ -1,4 +1,4 @@
-"""Run every benchmark and write benchmarks/results.md: `make bench` (≈10 min on 2 CPU cores).
+"""Run every benchmark and write benchmarks/results.md: `make bench` (≈6–8 min on 2 CPU cores).
 
     python -m benchmarks [--images 10000] [--out benchmarks/results.md] [--only NAME ...]
 
