@@ -13,8 +13,6 @@ import argparse
 import datetime
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 
 from benchmarks.report import Result, stopwatch, write_markdown
@@ -34,22 +32,17 @@ def environment() -> str:
 
 def run(names: tuple[str, ...], images: int) -> list[Result]:
     from benchmarks import data_loading, gpu, incremental, orchestration, scaling, train_loop
-    from benchmarks.workspace import scale_project, stop_server
+    from benchmarks.workspace import scale_workspace
 
     rows: list[Result] = []
     # first: its in-process pipeline run must import Prefect after pointing it at the
     # project's server (Prefect reads its settings at import)
     if {"orchestration", "incremental"} & set(names):
-        root = Path(tempfile.mkdtemp(prefix="vt-bench-scale-"))
-        try:
-            project = scale_project(root / "project", images)
+        with scale_workspace(images) as project:
             if "orchestration" in names:
                 rows += orchestration.measure(project)
             if "incremental" in names:
                 rows += incremental.measure(project)
-        finally:
-            stop_server(root / "project")
-            shutil.rmtree(root, ignore_errors=True)
     if "data_loading" in names:
         rows += data_loading.run()
     if "train_loop" in names:

@@ -15,12 +15,11 @@ Prefect subflows and DVC commits), full run vs update.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 from pathlib import Path
 
 from benchmarks.report import Result, at_most, result, stopwatch
-from benchmarks.workspace import ScaleProject, add_images, run_pipeline, scale_project, stop_server
+from benchmarks.workspace import ScaleProject, add_images, run_pipeline, scale_workspace
 
 DATA_STAGES = ("clean", "split")
 
@@ -76,13 +75,8 @@ def measure(project: ScaleProject) -> list[Result]:
 
 
 def run(images: int = 10000, keep: Path | None = None) -> list[Result]:
-    root = keep or Path(tempfile.mkdtemp(prefix="vt-bench-inc-"))
-    try:
-        return measure(scale_project(root / "project", images))
-    finally:
-        stop_server(root / "project")
-        if keep is None:
-            shutil.rmtree(root, ignore_errors=True)
+    with scale_workspace(images, keep) as project:
+        return measure(project)
 
 
 def main() -> None:

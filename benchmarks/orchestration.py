@@ -14,13 +14,11 @@ by its PID and the project deleted afterwards (unless --keep).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
 from benchmarks.report import Result, at_most, result, stopwatch
-from benchmarks.workspace import ScaleProject, scale_project, stop_server
+from benchmarks.workspace import ScaleProject, scale_workspace
 
 
 def timed(cmd: list[str], root: Path) -> float:
@@ -69,13 +67,8 @@ def measure(project: ScaleProject, repeat: int = 3) -> list[Result]:
 
 
 def run(images: int = 10000, repeat: int = 3, keep: Path | None = None) -> list[Result]:
-    root = keep or Path(tempfile.mkdtemp(prefix="vt-bench-orch-"))
-    try:
-        return measure(scale_project(root / "project", images), repeat)
-    finally:
-        stop_server(root / "project")
-        if keep is None:
-            shutil.rmtree(root, ignore_errors=True)
+    with scale_workspace(images, keep) as project:
+        return measure(project, repeat)
 
 
 def main() -> None:

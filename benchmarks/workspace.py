@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +75,18 @@ def scale_project(root: Path, images: int) -> ScaleProject:
     project.total = t[0]
     print(f"ran every stage on {images} images in {t[0]:.0f} s: {project.seconds}", flush=True)
     return project
+
+
+@contextmanager
+def scale_workspace(images: int, keep: Path | None = None) -> Iterator[ScaleProject]:
+    """A ScaleProject in a temp folder (or `keep`); its server stopped, the folder deleted."""
+    root = keep or Path(tempfile.mkdtemp(prefix="vt-bench-scale-"))
+    try:
+        yield scale_project(root / "project", images)
+    finally:
+        stop_server(root / "project")
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def run_pipeline(root: Path, until: str | None = None) -> dict[str, float]:

@@ -410,15 +410,8 @@ def clean_dataset(
     return CleanResult(records, rejected, processed, raw_counts)
 
 
-@task(name="clean-dataset", cache_policy=NO_CACHE)
-def clean_task(
-    data_dir: Path,
-    out_dir: Path,
-    params: CleanParams,
-    on_progress: Callable[[int, int], None] | None = None,
-    hashes_file: Path | None = None,
-) -> CleanResult:
-    return clean_dataset(data_dir, out_dir, params, on_progress, hashes_file)
+# the stage's work as a Prefect task run: the same function, no second signature to keep
+clean_task = task(name="clean-dataset", cache_policy=NO_CACHE)(clean_dataset)
 
 
 @task(name="clean-images", cache_policy=NO_CACHE)
