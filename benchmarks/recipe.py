@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flows.environment import QUIET_OFFLINE
+from flows.inputs import train_data
 from flows.project import Project
 from params import TrainParams
 
@@ -96,7 +97,7 @@ def main() -> int:
     project = Project.find(args.root)
     default: TrainParams = project.params("train")  # type: ignore[assignment]
     epochs = args.epochs or default.epochs
-    data = project.train_data()
+    data = train_data(project)
     chosen = recipes(default, epochs)
     names = args.recipe or list(chosen)
     print(

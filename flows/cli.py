@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.environment import configure
-from flows.project import STAGES, Project
+from flows.project import Project
+from flows.stages import STAGES
 from params import ParamsError
 
 app = typer.Typer(
@@ -204,12 +205,30 @@ def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> Non
 
     project = _project()
     _validated(project)
-    if name.value == "train" and not ranks().is_main:  # torchrun: only rank 0 runs the flow
-        from flows.train import train_worker
+    if any(not (project.root / path).exists() for path in STAGES[name.value].reads):
+        _fail_if_stale(project, name.value, "its inputs are missing")
+    try:
+        if name.value == "train" and not ranks().is_main:  # torchrun: only rank 0 runs the flow
+            from flows.train import train_worker
 
-        train_worker(project.params("train"), str(project.root))  # type: ignore[arg-type]
-        return
-    run_stage(project, name.value)
+            train_worker(project.params("train"), str(project.root))  # type: ignore[arg-type]
+            return
+        run_stage(project, name.value)
+    except Exception as exc:
+        _fail_if_stale(project, name.value, f"it failed ({type(exc).__name__}: {exc})")
+        raise
+
+
+def _fail_if_stale(project: Project, name: str, why: str) -> None:
+    """One line naming the stale upstream stages and the command that refreshes them."""
+    from flows.dag import stale_upstream
+
+    stale = stale_upstream(project.root, name)
+    if stale:
+        _fail(
+            f"stage {name} cannot run: {why}; {', '.join(stale)} changed since they last ran: "
+            f"run `visiontune run --until {name}` to bring them up to date first"
+        )
 
 
 @app.command()
@@ -262,9 +281,12 @@ def metrics() -> None:
 @app.command("check-params")
 def check_params() -> None:
     """Validate every params/*.yaml against the schema without running anything."""
+    from params import STAGE_MODELS
+
     project = _project()
     _validated(project)
-    console.print(f"params OK: {', '.join(str(project.params_file(s).name) for s in STAGES)}")
+    names = ", ".join(project.params_file(name).name for name in STAGE_MODELS)
+    console.print(f"params OK: {names}")
 
 
 @app.command()
@@ -288,11 +310,7 @@ def retrain() -> None:
 
     project = _project()
     _validated(project)
-    try:
-        params = project.params("retrain")
-    except ParamsError as exc:
-        _fail(str(exc))
-    result = retrain_flow(params, str(project.root))
+    result = retrain_flow(project.params("retrain"), str(project.root))  # type: ignore[arg-type]
     console.print(result.get("reason") or result["decision"])
     _print_ui(project)
 
@@ -413,7 +431,9 @@ def _parity_inputs(project: Project, meta: dict):
     split = project.artifacts("split") / "split.parquet"
     if not split.is_file() or not (project.artifacts("augment") / "eval.yaml").is_file():
         return None
-    data = project.train_data(image_size=meta["image_size"])
+    from flows.inputs import train_data
+
+    data = train_data(project, image_size=meta["image_size"])
     rows = data.part("test").head(16)
     if rows.empty:
         return None
@@ -430,6 +450,7 @@ def lr_find(
     steps: int = typer.Option(100, min=10, help="training steps (batches)"),
 ) -> None:
     """LR range test on the train split: plot + suggested `lr` for params/train.yaml."""
+    from flows.inputs import train_data
     from tasks.files import write_csv, write_json
     from tasks.lr_find import lr_range_test, plot_lr_find
 
@@ -438,7 +459,7 @@ def lr_find(
     params = project.params("train")
     out = project.artifacts("lr_find")
     with console.status(f"LR range test ({steps} steps)…"):
-        result = lr_range_test(params, project.train_data(), start, end, steps)  # type: ignore[arg-type]
+        result = lr_range_test(params, train_data(project), start, end, steps)  # type: ignore[arg-type]
     write_csv(result.curve, out / "lr_find.csv")
     write_json(
         {
@@ -465,10 +486,7 @@ def crossval() -> None:
 
     project = _project()
     _validated(project)
-    try:
-        cv_params = project.params("crossval")
-    except ParamsError as exc:
-        _fail(str(exc))
+    cv_params = project.params("crossval")
     try:
         summary = crossval_flow(cv_params, project.params("train"), str(project.root))  # type: ignore[arg-type]
     except CrossvalError as exc:

@@ -13,6 +13,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows.inputs import train_data
 from flows.project import Project
 from params import CrossvalParams, TrainParams
 from tasks.crossval import FoldResult, run_crossval
@@ -45,7 +46,7 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
         )
         update_progress_artifact(progress, 100.0 * (result.fold + 1) / n_folds)
 
-    cv = run_crossval(train, params, project.train_data(), out, on_fold=on_fold)
+    cv = run_crossval(train, params, train_data(project), out, on_fold=on_fold)
     folds = pd.DataFrame(
         [
             {"fold": f.fold, "n_train": f.n_train, "n_val": f.n_val, "best_epoch": f.best_epoch + 1}

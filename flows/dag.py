@@ -32,3 +32,17 @@ def stale_stages(root: Path, until: str | None = None) -> list[str]:
 
     with contextlib.chdir(root), Repo(str(root)) as repo, lock_repo(repo):
         return [stage.addressing for stage in in_order(repo, until) if stage.changed()]
+
+
+def stale_upstream(root: Path, name: str) -> list[str]:
+    """The stages before `name` whose deps changed since dvc.lock: why `name` may have
+    failed on missing or outdated inputs. Empty when that cannot be told (e.g. while
+    `dvc repro` holds the repo lock)."""
+    from dvc.repo import Repo, lock_repo
+
+    try:
+        with contextlib.chdir(root), Repo(str(root)) as repo, lock_repo(repo):
+            before = [stage for stage in in_order(repo, name) if stage.addressing != name]
+            return [stage.addressing for stage in before if stage.changed()]
+    except Exception:
+        return []

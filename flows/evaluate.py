@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from prefect import flow
 
+from flows.inputs import train_data
 from flows.naming import stage_run_name
 from flows.project import Project
 from params import EvaluateParams
@@ -36,7 +37,7 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
     out = fresh_dir(project.artifacts("evaluate"))
     device = pick_device("auto")
     net, meta = load_model(project.artifacts("train") / MODEL, str(device))
-    data = project.train_data(image_size=meta["image_size"])
+    data = train_data(project, image_size=meta["image_size"])
     test = data.part("test")
     if test.empty:
         raise ValueError("the test split is empty: set split.test > 0 or add images")

@@ -17,7 +17,8 @@ from prefect import flow, get_run_logger
 
 from flows.dag import in_order
 from flows.naming import stage_run_name
-from flows.project import STAGES, Project
+from flows.project import Project
+from flows.stages import STAGES
 
 
 def stage_flow_name(cmd: str | list | None) -> str | None:
@@ -32,34 +33,8 @@ def stage_flow_name(cmd: str | list | None) -> str | None:
 
 def run_stage(project: Project, name: str) -> dict:
     """Run one stage's flow with its validated params (a subflow when called inside a flow)."""
-    root = str(project.root)
-    p = project.params
-    match name:
-        case "clean":
-            from flows.clean import clean_flow
-
-            return clean_flow(p("clean"), root)
-        case "split":
-            from flows.split import split_flow
-
-            return split_flow(p("split"), root)
-        case "augment":
-            from flows.augment import augment_flow
-
-            return augment_flow(p("augment"), p("train"), root)
-        case "tune":
-            from flows.tune import tune_flow
-
-            return tune_flow(p("tune"), p("train"), root)
-        case "train":
-            from flows.train import train_flow
-
-            return train_flow(p("train"), root)
-        case "evaluate":
-            from flows.evaluate import evaluate_flow
-
-            return evaluate_flow(p("evaluate"), root)
-    raise ValueError(f"unknown stage {name!r}")
+    stage = STAGES[name]
+    return stage.load()(*(project.params(p) for p in stage.params), str(project.root))
 
 
 @flow(name="pipeline", flow_run_name=stage_run_name("pipeline"), log_prints=True)

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from params import STAGE_MODELS, load_params
+from params import STAGE_MODELS, ParamsError, load_params
 from params.schema import _Params
-
-STAGES = ("clean", "split", "augment", "tune", "train", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -41,30 +39,18 @@ class Project:
     def params(self, stage: str) -> _Params:
         return load_params(STAGE_MODELS[stage], self.params_file(stage))
 
-    def train_data(self, image_size: int | None = None):
-        """What training reads: split, clean cache, saved pipelines, balance plan (if any)."""
-        import pandas as pd
-
-        from tasks.augment import load_pipeline
-        from tasks.balance import BalancePlan
-        from tasks.train import TrainData
-
-        augment = self.artifacts("augment")
-        if image_size is None:
-            image_size = self.params("augment").image_size  # type: ignore[attr-defined]
-        return TrainData(
-            split=pd.read_parquet(self.artifacts("split") / "split.parquet"),
-            clean_dir=self.artifacts("clean"),
-            train_pipeline=load_pipeline(augment / "train.yaml"),
-            eval_pipeline=load_pipeline(augment / "eval.yaml"),
-            image_size=image_size,
-            balance=BalancePlan.read(augment / "balance.json"),
-            clean=self.params("clean"),  # type: ignore[arg-type]
-        )
-
     def validate_all(self) -> dict[str, _Params]:
-        """Every stage's params, so a bad value fails before any stage starts."""
-        return {stage: self.params(stage) for stage in STAGES}
+        """Every params file (stages, retrain, crossval), so a bad value fails before any
+        work starts; all problems are reported together."""
+        params, errors = {}, []
+        for name in STAGE_MODELS:
+            try:
+                params[name] = self.params(name)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ParamsError("\n".join(errors))
+        return params
 
     @property
     def models(self) -> Path:

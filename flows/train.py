@@ -10,6 +10,7 @@ from dvclive import Live
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows.inputs import train_data
 from flows.naming import stage_run_name
 from flows.project import Project
 from params import TrainParams
@@ -17,14 +18,14 @@ from tasks.curves import plot_curves
 from tasks.files import write_csv
 from tasks.report import publish_image, publish_markdown
 from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fingerprint
-from tasks.tune import apply_best_params
+from tasks.tune import apply_best_params, searched_overrides
 
 
 def train_worker(params: TrainParams, root: str = ".") -> None:
     """A rank > 0 under torchrun: trains its shard in step with rank 0 and writes nothing."""
     project = Project(Path(root))
     params = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
-    fit(params, project.train_data(), out_dir=project.artifacts("train"), show_progress=False)
+    fit(params, train_data(project), out_dir=project.artifacts("train"), show_progress=False)
 
 
 @flow(name="train", flow_run_name=stage_run_name("train"), log_prints=True)
@@ -33,18 +34,18 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     out = project.artifacts("train")
     out.mkdir(parents=True, exist_ok=True)
     tuned = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
-    changed = {k: v for k, v in tuned.model_dump().items() if v != getattr(params, k)}
+    overridden = searched_overrides(params, tuned)
     params = tuned
-    data = project.train_data()
+    data = train_data(project)
     log = get_run_logger()
-    log.info(
-        "training %s on %d classes; from the tune stage: %s",
-        params.model,
-        len(data.classes),
-        changed or "nothing changed",
-    )
+    log.info("training %s on %d classes", params.model, len(data.classes))
+    if overridden:
+        log.warning(overridden)
     progress = create_progress_artifact(0.0, key="train-progress", description="epochs")
-    resume = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data)) is not None
+    checkpoint = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data))
+    resume = checkpoint is not None
+    if checkpoint is not None:
+        log.info("resuming from the checkpoint after epoch %d", checkpoint["epoch"] + 1)
     with Live(
         dir=str(out / "live"), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None
     ) as live:
@@ -69,8 +70,6 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
             update_progress_artifact(progress, 100.0 * (m.epoch + 1) / params.epochs)
 
         result = fit(params, data, out_dir=out, on_epoch=on_epoch)
-    if result.resumed_from is not None:
-        log.info("resumed from the checkpoint after epoch %d", result.resumed_from)
     history = pd.DataFrame([asdict(m) for m in result.history])
     write_csv(history, out / "history.csv")
     plot_curves(history, out / "curves.png")
@@ -86,6 +85,7 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     publish_markdown(
         "train-summary",
         f"# train\n\n`{params.model}`, {len(data.classes)} classes\n\n"
+        + (f"**{overridden}**\n\n" if overridden else "")
         + pd.Series(summary).to_frame("value").to_markdown()
         + "\n\n"
         + history.round(4).to_markdown(index=False),

@@ -9,6 +9,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows.inputs import train_data
 from flows.naming import stage_run_name
 from flows.project import Project
 from params import TrainParams, TuneParams
@@ -57,7 +58,7 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
             )
             update_progress_artifact(progress, min(100.0, 100.0 * finished / params.n_trials))
 
-        study = run_search(params, train, project.train_data(), out, on_trial=on_trial)
+        study = run_search(params, train, train_data(project), out, on_trial=on_trial)
         record = best_record(study, params)
         table = trials_table(study)
         write_csv(table, out / "trials.csv")

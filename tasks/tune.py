@@ -270,6 +270,24 @@ def apply_best_params(best_params_yaml: Path, train: TrainParams) -> TrainParams
     return TrainParams.model_validate({**train.model_dump(), **best.get("params", {})})
 
 
+def searched_overrides(train: TrainParams, tuned: TrainParams) -> str | None:
+    """One line naming the train.yaml values the search replaced, so that an edit to a
+    searched key (`dvc exp run -S params/train.yaml:lr=…`) is never silently ignored."""
+    changed = [
+        f"{key} {getattr(train, key)!r} → {value!r}"
+        for key, value in tuned.model_dump().items()
+        if value != getattr(train, key)
+    ]
+    if not changed:
+        return None
+    return (
+        "the search (artifacts/tune/best_params.yaml) overrides params/train.yaml: "
+        + ", ".join(changed)
+        + "; to train with train.yaml's values set n_trials: 0 in params/tune.yaml "
+        "or drop those keys from its space"
+    )
+
+
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     frame = study.trials_dataframe(attrs=("number", "value", "params", "state", "duration"))
     if "duration" in frame:

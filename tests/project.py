@@ -45,6 +45,8 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
             REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     (root / "params").mkdir()
+    for path in (REPO / "params").glob("*.py"):  # the schema is a dep of every stage
+        shutil.copy(path, root / "params" / path.name)
     for path in (REPO / "params").glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         data.update((overrides or {}).get(path.stem, {}))

@@ -136,3 +136,14 @@ def test_run_without_data_says_to_collect_first(tmp_path):
     proc = sh("visiontune", "run", cwd=root, check=False)
     assert proc.returncode == 2
     assert "visiontune collect" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_stage_on_stale_inputs_names_them_in_one_line(project):
+    root = project[0]
+    # tune never ran here, so train has no best_params.yaml to read
+    proc = sh("visiontune", "stage", "train", cwd=root, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, proc.stderr[-3000:]
+    assert "tune" in error[0] and "visiontune run --until train" in error[0]

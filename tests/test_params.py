@@ -1,16 +1,17 @@
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.project import STAGES, Project
+from flows.project import Project
 from params import STAGE_MODELS, ParamsError, SplitParams, TrainParams, load_params
 from tests.conftest import REPO
 
 
 def test_committed_params_files_validate():
     params = Project(REPO).validate_all()
-    assert set(params) == set(STAGES)
+    assert set(params) == set(STAGE_MODELS)  # retrain.yaml and crossval.yaml too
     assert isinstance(params["train"], TrainParams)
 
 
@@ -68,7 +69,7 @@ def test_cli_reports_bad_params_before_any_work(tmp_path, monkeypatch):
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params").mkdir()
-    for stage in STAGES:
+    for stage in STAGE_MODELS:
         (tmp_path / "params" / f"{stage}.yaml").write_text("{}\n")
     (tmp_path / "params" / "train.yaml").write_text("epochs: 0\n")
     monkeypatch.chdir(tmp_path)
@@ -78,3 +79,35 @@ def test_cli_reports_bad_params_before_any_work(tmp_path, monkeypatch):
         result.output.replace("\n", "")
     )
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_check_params_validates_retrain_and_crossval_too(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    good = CliRunner().invoke(app, ["check-params"])
+    assert good.exit_code == 0, good.output
+    assert "retrain.yaml" in good.output and "crossval.yaml" in good.output
+    (tmp_path / "params" / "retrain.yaml").write_text("margin: -1\n")
+    (tmp_path / "params" / "crossval.yaml").write_text("label_issues: -5\n")
+    bad = CliRunner().invoke(app, ["check-params"])
+    assert bad.exit_code == 2
+    output = bad.output.replace("\n", "")
+    assert "retrain.yaml: margin" in output and "crossval.yaml: label_issues" in output
+
+
+def test_train_names_the_train_yaml_values_a_search_overrode(tmp_path):
+    from tasks.tune import apply_best_params, searched_overrides
+
+    best = tmp_path / "best_params.yaml"
+    best.write_text(yaml.safe_dump({"params": {"lr": 0.002, "weight_decay": 0.05}}))
+    mine = TrainParams(lr=3e-4, weight_decay=0.05)
+    message = searched_overrides(mine, apply_best_params(best, mine))
+    assert message is not None
+    assert "lr 0.0003 → 0.002" in message and "weight_decay" not in message
+    assert "n_trials: 0" in message
+    assert searched_overrides(mine, mine) is None

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from flows.stages import STAGES
 from tests.images import truncated_png, write_image_folder
 from tests.project import TINY_PARAMS, make_project, sh
 
 pytestmark = pytest.mark.e2e
-STAGES = ["clean", "split", "augment", "tune", "train", "evaluate"]
 
 
 @pytest.fixture(scope="module")
