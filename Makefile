@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# dvc plots show/diff with Vega inlined (npm), so the charts render offline
+	$(BIN)/visiontune offline-plots || echo "warning: dvc plots will load Vega from its CDN"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -267,6 +268,19 @@ def run(
         console.print("Everything is up to date.")
     _print_metrics(project)
     _print_ui(project)
+
+
+@app.command("offline-plots")
+def offline_plots() -> None:
+    """Make `dvc plots show/diff` render offline: a template with Vega inlined (make install)."""
+    from tasks.offline_plots import install_template
+
+    project = _project()
+    try:
+        path = install_template(project.root)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        _fail(f"could not build the offline plots template: {exc}", 1)
+    console.print(f"dvc plots now render offline: {path.relative_to(project.root)}")
 
 
 @app.command()
