@@ -411,21 +411,15 @@ def export(
     atol: float = typer.Option(1e-4, help="largest |logit difference| the parity check accepts"),
 ) -> None:
     """Export the model to ONNX or TorchScript and check it gives the same outputs."""
-    import torch
-
-    from tasks.export import SUFFIX, ExportParityError, export_model
-    from tasks.train import load_model
+    from flows.export import export_flow
+    from tasks.export import ExportParityError
 
     project = _project()
     model_pt = _model_file(project, model)
-    net, meta = load_model(model_pt)
-    inputs = _parity_inputs(project, meta)
-    if inputs is None:
-        size = meta["image_size"]
-        inputs = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
-    dest = out or project.artifacts("export") / f"model{SUFFIX[format.value]}"
     try:
-        parity = export_model(net, meta, format.value, dest, inputs, atol=atol)
+        dest, parity, meta = export_flow(
+            str(model_pt), format.value, str(out) if out else None, atol, str(project.root)
+        )
     except ExportParityError as exc:
         _fail(str(exc), 1)
     console.print(
@@ -438,25 +432,6 @@ def export(
     )
 
 
-def _parity_inputs(project: Project, meta: dict):
-    """Up to 16 real test images, preprocessed as in evaluation (None outside a project)."""
-    import torch
-
-    split = project.artifacts("split") / "split.parquet"
-    if not split.is_file() or not (project.artifacts("augment") / "eval.yaml").is_file():
-        return None
-    from flows.inputs import train_data
-
-    data = train_data(project, image_size=meta["image_size"])
-    rows = data.part("test").head(16)
-    if rows.empty:
-        return None
-    from tasks.dataset import CachedImages
-
-    dataset = CachedImages(rows, data.clean_dir, data.eval_pipeline, meta["classes"])
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
-
-
 @app.command("lr-find")
 def lr_find(
     start: float = typer.Option(1e-7, help="first LR of the sweep"),
@@ -464,31 +439,18 @@ def lr_find(
     steps: int = typer.Option(100, min=10, help="training steps (batches)"),
 ) -> None:
     """LR range test on the train split: plot + suggested `lr` for params/train.yaml."""
-    from flows.inputs import train_data
-    from tasks.files import write_csv, write_json
-    from tasks.lr_find import lr_range_test, plot_lr_find
+    from flows.lr_find import lr_find_flow
 
     project = _project()
     _validated(project)
     params = project.params("train")
-    out = project.artifacts("lr_find")
     with console.status(f"LR range test ({steps} steps)…"):
-        result = lr_range_test(params, train_data(project), start, end, steps)  # type: ignore[arg-type]
-    write_csv(result.curve, out / "lr_find.csv")
-    write_json(
-        {
-            "suggestion": result.suggestion,
-            "steepest": result.steepest,
-            "min_over_10": result.min_over_10,
-            "current_lr": params.lr,
-        },  # type: ignore[attr-defined]
-        out / "lr_find.json",
-    )
-    plot_lr_find(result, out / "lr_find.png")
+        result = lr_find_flow(params, str(project.root), start, end, steps)  # type: ignore[arg-type]
+    png = project.artifacts("lr_find") / "lr_find.png"
     console.print(
         f"steepest descent at {result.steepest:.2e}, loss minimum / 10 at "
         f"{result.min_over_10:.2e}\n[bold]suggested lr: {result.suggestion:.2e}[/bold] "
-        f"(params/train.yaml has {params.lr:g}); plot: {out / 'lr_find.png'}"  # type: ignore[attr-defined]
+        f"(params/train.yaml has {params.lr:g}); plot: {png}"  # type: ignore[attr-defined]
     )
 
 
@@ -496,7 +458,7 @@ def lr_find(
 def crossval() -> None:
     """k-fold cross-validation on the split's folds: mean ± std, fold ensemble, label issues."""
     from flows.crossval import crossval_flow
-    from tasks.crossval import CrossvalError
+    from tasks.crossval import CrossvalError, describe
 
     project = _project()
     _validated(project)
@@ -505,21 +467,9 @@ def crossval() -> None:
         summary = crossval_flow(cv_params, project.params("train"), str(project.root))  # type: ignore[arg-type]
     except CrossvalError as exc:
         _fail(str(exc))
-    table = Table(title=f"cross-validation ({summary['folds']} folds, held-out images)")
-    table.add_column("metric")
-    table.add_column("mean ± std", justify="right")
-    for key, value in summary.items():
-        if key.endswith("_mean"):
-            std = summary[key.replace("_mean", "_std")]
-            table.add_row(key.removesuffix("_mean"), f"{value:.4f} ± {std:.4f}")
-    console.print(table)
-    ens = summary.get("ensemble") or {}
-    if ens:
-        console.print(
-            f"ensemble of {ens['models']} fold models on the test split: accuracy "
-            f"{ens['test_accuracy_ensemble']:.4f} vs {ens['test_accuracy_single_mean']:.4f} "
-            f"for one model (gain {ens['accuracy_gain']:+.4f})"
-        )
+    console.print(f"[bold]cross-validation ({summary['folds']} folds, held-out images)[/bold]")
+    for line in describe(summary, summary.get("ensemble") or {}):
+        console.print(f"  {line}")
     console.print(f"label issues: {project.artifacts('crossval') / 'label_issues.csv'}")
 
 

@@ -16,7 +16,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from flows.inputs import train_data
 from flows.project import Project
 from params import CrossvalParams, TrainParams
-from tasks.crossval import FoldResult, run_crossval
+from tasks.crossval import FoldResult, describe, run_crossval
 from tasks.figures import plot_gallery
 from tasks.files import write_csv, write_json
 from tasks.report import publish_image, publish_markdown, publish_table
@@ -59,19 +59,7 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
     write_csv(cv.label_issues.drop(columns=["cache"], errors="ignore"), out / "label_issues.csv")
     summary = cv.summary | {"ensemble": cv.ensemble}
     write_json(summary, out / "summary.json")
-    lines = [
-        f"- {key.removesuffix('_mean')}: {value:.4f} ± {cv.summary[key[:-5] + '_std']:.4f}"
-        for key, value in cv.summary.items()
-        if key.endswith("_mean")
-    ]
-    ens = cv.ensemble
-    if ens:
-        lines.append(
-            f"- ensemble of {ens['models']} fold models on the test split: accuracy "
-            f"{ens['test_accuracy_ensemble']:.4f} vs {ens['test_accuracy_single_mean']:.4f} "
-            f"for one model ({ens['accuracy_gain']:+.4f}); log loss "
-            f"{ens['test_log_loss_ensemble']:.4f} vs {ens['test_log_loss_single_mean']:.4f}"
-        )
+    lines = [f"- {line}" for line in describe(cv.summary, cv.ensemble)]
     publish_markdown(
         "crossval-summary",
         f"# cross-validation ({len(cv.folds)} folds)\n\n"

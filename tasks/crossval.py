@@ -209,3 +209,22 @@ def run_crossval(
         label_issues=find_label_issues(pool, oof, classes, cv.label_issues),
         oof=oof_frame,
     )
+
+
+def describe(summary: dict, ensemble: dict) -> list[str]:
+    """The summary as lines of 'metric: mean ± std' plus the ensemble's gain, if any."""
+    lines = [
+        f"{key.removesuffix('_mean')}: {value:.4f} ± {summary[key[:-5] + '_std']:.4f}"
+        for key, value in summary.items()
+        if key.endswith("_mean")
+    ]
+    if ensemble:
+        lines.append(
+            f"ensemble of {ensemble['models']} fold models on the test split: accuracy "
+            f"{ensemble['test_accuracy_ensemble']:.4f} vs "
+            f"{ensemble['test_accuracy_single_mean']:.4f} for one model "
+            f"({ensemble['accuracy_gain']:+.4f}); log loss "
+            f"{ensemble['test_log_loss_ensemble']:.4f} vs "
+            f"{ensemble['test_log_loss_single_mean']:.4f}"
+        )
+    return lines
