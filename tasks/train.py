@@ -185,7 +185,9 @@ def model_payload(state_dict: dict, clf: Classifier, params: TrainParams, data: 
     """What prediction needs without the params: weights, classes, preprocessing."""
     return {
         "format": MODEL_FORMAT,
-        "arch": params.model,
+        "arch": clf.arch or params.model,  # rebuildable offline (an hf-hub model: its timm arch)
+        "arch_args": clf.arch_args,
+        "model": params.model,
         "classes": data.classes,
         "image_size": data.image_size,
         "mean": list(clf.mean),
@@ -547,7 +549,13 @@ def fit(
 def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The trained network and its metadata from a model.pt (never unpickles objects)."""
     payload = load_torch(path, device)
-    clf = build_classifier(payload["arch"], "none", len(payload["classes"]), payload["dropout"])
+    clf = build_classifier(
+        payload["arch"],
+        "none",
+        len(payload["classes"]),
+        payload["dropout"],
+        arch_args=payload.get("arch_args"),
+    )
     clf.net.load_state_dict(payload["state_dict"])
     clf.net.to(device).eval()
     return clf.net, payload
