@@ -263,7 +263,8 @@ def _timm(
 
     if model_source(model) == "hf-hub":
         _cfg, arch_name, args = _hub_config(model)
-        name, arch, args = model, TIMM + arch_name, dict(args)
+        name, arch = model, TIMM + arch_name
+        args = {k: v for k, v in args.items() if k not in ("num_classes", "drop_rate")}
     else:
         name = _timm_name(model)
         arch, args = model, dict(arch_args or {})

@@ -6,6 +6,12 @@ constructor (albumentations itself only warns about unknown ones); the values
 are then checked by the transform's own pydantic schema. Each problem becomes
 a TransformError whose message names the item, the transform and the argument.
 
+Albumentations has no automatic augmentation policies, so `TrivialAugmentWide`
+and `RandAugment` here wrap torchvision.transforms.v2's as albumentations
+image-only transforms: they serialise with `A.save`/`A.load` like any other
+(by the name `tasks.transforms.<Name>`), draw their randomness from the
+pipeline's seed, and can be named in `custom:` lists.
+
 Kept free of params imports: params/schema.py calls `check_specs` while validating.
 """
 
@@ -14,9 +20,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A
+import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
+from pydantic import Field
 
 WHITE = (255, 255, 255)
 BORDER_CONSTANT = 0  # cv2.BORDER_CONSTANT: fill the corners a rotation uncovers with `fill`
@@ -71,6 +82,138 @@ PRESETS: dict[str, list[dict[str, dict[str, Any]]]] = {
         },
     ],
 }
+
+
+class _TorchvisionPolicy(A.ImageOnlyTransform):
+    """A torchvision.transforms.v2 augmentation policy on a uint8 HWC image.
+
+    torchvision draws from torch's global RNG; each call runs it under a forked
+    RNG seeded from the albumentations pipeline's generator, so a seeded
+    pipeline gives the same images run after run (and leaves torch's RNG alone).
+    """
+
+    def __init__(
+        self,
+        num_magnitude_bins: int = 31,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+        fill: tuple[int, int, int] | None = None,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        self.num_magnitude_bins = num_magnitude_bins
+        self.interpolation = interpolation
+        self.fill = tuple(fill) if fill is not None else None
+        self._built: Any = None
+
+    def _policy_kwargs(self) -> dict[str, Any]:
+        from torchvision.transforms import InterpolationMode
+
+        mode = InterpolationMode.NEAREST
+        if self.interpolation == "bilinear":
+            mode = InterpolationMode.BILINEAR
+        return {
+            "num_magnitude_bins": self.num_magnitude_bins,
+            "interpolation": mode,
+            "fill": list(self.fill) if self.fill is not None else None,
+        }
+
+    def _make_policy(self) -> Any:
+        raise NotImplementedError
+
+    def get_params(self) -> dict[str, Any]:
+        return {"torch_seed": int(self.random_generator.integers(2**62))}
+
+    def apply(self, img: np.ndarray, torch_seed: int = 0, **params: Any) -> np.ndarray:
+        import torch
+
+        if self._built is None:
+            self._built = self._make_policy()
+        tensor = torch.from_numpy(np.ascontiguousarray(img))
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            out = self._built(tensor)
+        out = out[0] if img.ndim == 2 else out.permute(1, 2, 0)
+        return np.ascontiguousarray(out.numpy())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_built": None}  # rebuilt where it runs (DataLoader workers)
+
+
+class TrivialAugmentWide(_TorchvisionPolicy):
+    """torchvision's TrivialAugmentWide: one random op at a random magnitude per image."""
+
+    class InitSchema(BaseTransformInitSchema):
+        num_magnitude_bins: int = Field(ge=2)
+        interpolation: Literal["nearest", "bilinear"]
+        fill: tuple[int, int, int] | None
+
+    def __init__(
+        self,
+        num_magnitude_bins: int = 31,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+        fill: tuple[int, int, int] | None = None,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(num_magnitude_bins, interpolation, fill, p)
+
+    def _make_policy(self) -> Any:
+        from torchvision.transforms import v2
+
+        return v2.TrivialAugmentWide(**self._policy_kwargs())
+
+
+class RandAugment(_TorchvisionPolicy):
+    """torchvision's RandAugment: `num_ops` random ops at a fixed `magnitude` per image."""
+
+    class InitSchema(BaseTransformInitSchema):
+        num_ops: int = Field(ge=1)
+        magnitude: int = Field(ge=0)
+        num_magnitude_bins: int = Field(ge=2)
+        interpolation: Literal["nearest", "bilinear"]
+        fill: tuple[int, int, int] | None
+
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: int = 9,
+        num_magnitude_bins: int = 31,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+        fill: tuple[int, int, int] | None = None,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(num_magnitude_bins, interpolation, fill, p)
+        if magnitude >= num_magnitude_bins:
+            raise ValueError(
+                f"magnitude ({magnitude}) must be below num_magnitude_bins ({num_magnitude_bins})"
+            )
+        self.num_ops = num_ops
+        self.magnitude = magnitude
+
+    def _make_policy(self) -> Any:
+        from torchvision.transforms import v2
+
+        return v2.RandAugment(
+            num_ops=self.num_ops, magnitude=self.magnitude, **self._policy_kwargs()
+        )
+
+
+# visiontune's own transforms, usable by name in presets and `custom:` lists
+OWN_TRANSFORMS: dict[str, type[A.BasicTransform]] = {
+    "TrivialAugmentWide": TrivialAugmentWide,
+    "RandAugment": RandAugment,
+}
+
+# Automatic augmentation policies (torchvision's, wrapped above) after a flip: TrivialAugmentWide
+# is AutoGluon's default; RandAugment with torchvision's / timm's rand-m9 defaults (2 ops, 9/30).
+PRESETS["trivialaugment"] = [
+    {"HorizontalFlip": {"p": 0.5}},
+    {"TrivialAugmentWide": {"fill": WHITE}},
+]
+PRESETS["randaugment"] = [
+    {"HorizontalFlip": {"p": 0.5}},
+    {"RandAugment": {"num_ops": 2, "magnitude": 9, "fill": WHITE}},
+]
 # The pipelines end in these; a spec naming them would apply them twice.
 ADDED_BY_VISIONTUNE = {"RandomResizedCrop", "Normalize", "ToTensorV2"}
 
@@ -80,12 +223,13 @@ class TransformError(ValueError):
 
 
 def transform_names() -> list[str]:
-    import albumentations as A
-
     return sorted(
-        name
-        for name in dir(A)
-        if isinstance(getattr(A, name), type) and issubclass(getattr(A, name), A.BasicTransform)
+        {
+            name
+            for name in dir(A)
+            if isinstance(getattr(A, name), type) and issubclass(getattr(A, name), A.BasicTransform)
+        }
+        | set(OWN_TRANSFORMS)
     )
 
 
@@ -104,11 +248,9 @@ def _schema_message(exc: Exception) -> str:
 
 def build_transform(name: str, args: dict[str, Any] | None) -> Any:
     """The albumentations transform `name(**args)`, or a TransformError saying what is wrong."""
-    import albumentations as A
-
     if name in ADDED_BY_VISIONTUNE:
         raise TransformError(f"{name}: visiontune adds it itself (image_size, scale_min, mean/std)")
-    cls = getattr(A, name, None)
+    cls = OWN_TRANSFORMS.get(name) or getattr(A, name, None)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
         close = difflib.get_close_matches(name, transform_names(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
