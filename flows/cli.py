@@ -432,6 +432,45 @@ def export(
     )
 
 
+@app.command()
+def models(
+    name: str | None = typer.Argument(None, help="one model: its preprocessing and availability"),
+) -> None:
+    """The models `train.yaml: model` can name: offline here (installed, cached) and online."""
+    from tasks.model import ModelError, data_config
+    from tasks.zoo import offline_models, online_models, timm_pretrained_count
+
+    offline = offline_models()
+    if name:
+        try:
+            config = data_config(name)
+        except ModelError as exc:
+            _fail(str(exc))
+        here = next((e for e in offline if e.model == name), None)
+        console.print(
+            f"{name}: weights trained at {config.input_size} px (crop {config.crop_pct:g}, "
+            f"{config.interpolation}); mean {list(config.mean)}, std {list(config.std)}; "
+            + (f"offline ({here.source})" if here else "not on this machine: fetched when online")
+        )
+        return
+    for title, entries in (
+        ("offline: weights on this machine", offline),
+        ("online: fetched once, then cached", online_models()),
+    ):
+        table = Table(title=title)
+        for column in ("model", "source", "input px", "note"):
+            table.add_column(column)
+        for e in entries:
+            table.add_row(e.model, e.source, str(e.input_size or ""), e.note)
+        console.print(table)
+    console.print(
+        f"Any timm model works as timm/<name> ({timm_pretrained_count()} pretrained tags, "
+        "`timm.list_pretrained()`), any timm model on the Hub as hf-hub:<org>/<repo>, any "
+        "torchvision classification model by name; weights: path/to/*.safetensors|*.pt loads "
+        "local weights into any of them. HF_HUB_OFFLINE=1 uses the Hugging Face cache only."
+    )
+
+
 @app.command("lr-find")
 def lr_find(
     start: float = typer.Option(1e-7, help="first LR of the sweep"),

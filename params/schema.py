@@ -138,11 +138,13 @@ class TrainParams(_Params):
     # model
     model: str = Field(
         "efficientnet_lite0",
-        description="efficientnet_lite0 (offline weights) or a torchvision model name",
+        description="efficientnet_lite0|1|2 (offline weights), timm/<name>, hf-hub:<org>/<repo> "
+        "or a torchvision model name",
     )
     weights: str = Field(
         "default",
-        description="'default' (pretrained), 'none' (random init) or a path to a weights file",
+        description="'default' (pretrained), 'none' (random init) or a path to a weights file "
+        "(.safetensors or .pt)",
     )
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the new head")
     # schedule of what trains
