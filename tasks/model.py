@@ -206,7 +206,6 @@ def _lite(
     return net, net._fc
 
 
-
 def _timm_name(model: str) -> str:
     """The timm registry name of `timm/<name>`, or a ModelError suggesting close names."""
     import timm
@@ -294,7 +293,9 @@ def _timm_stages(net: nn.Module, head: nn.Module) -> list[list[str]]:
         groups = group_modules(net, net.group_matcher(coarse=True))  # type: ignore[operator]
     except (AttributeError, NotImplementedError):
         return _generic_stages(net, head)
-    stages = [[n for n in names if n and n not in head_names] for _, names in sorted(groups.items())]
+    stages = [
+        [n for n in names if n and n not in head_names] for _, names in sorted(groups.items())
+    ]
     return [names for names in stages if names]
 
 
@@ -381,7 +382,6 @@ def _lite_stages(net: nn.Module) -> list[list[str]]:
     return stages
 
 
-
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors file or a .pt/.pth file (never unpickles objects)."""
     if not path.is_file():
@@ -407,9 +407,7 @@ def _load_file_weights(net: nn.Module, head: nn.Module, path: Path, model: str) 
     """Load the tensors of `path` that fit `net` by name and shape; the new head stays new."""
     state = read_weights(path)
     own = net.state_dict()
-    head_keys = {
-        f"{n}.{k}" for n, m in net.named_modules() if m is head for k in head.state_dict()
-    }
+    head_keys = {f"{n}.{k}" for n, m in net.named_modules() if m is head for k in head.state_dict()}
     usable = {
         k: v
         for k, v in state.items()
