@@ -128,7 +128,7 @@ class _TorchvisionPolicy(A.ImageOnlyTransform):
 
         if self._built is None:
             self._built = self._make_policy()
-        tensor = torch.from_numpy(np.ascontiguousarray(img))
+        tensor = torch.from_numpy(np.ascontiguousarray(img if img.flags.writeable else img.copy()))
         tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
