@@ -207,6 +207,15 @@ class TrainParams(_Params):
     compile: bool = Field(False, description="torch.compile the model")
     seed: int = 0
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        if model.startswith(("timm/", "hf-hub:")):  # imports timm: only for those names
+            from tasks.model import check_model_name
+
+            check_model_name(model)
+        return model
+
     @model_validator(mode="after")
     def _freeze_within_epochs(self) -> TrainParams:
         if self.freeze_epochs > self.epochs:

@@ -224,6 +224,23 @@ def _timm_name(model: str) -> str:
     return name
 
 
+def check_model_name(model: str) -> None:
+    """Raise ModelError for a timm name timm does not know or a malformed hf-hub id.
+
+    Offline and cheap (timm's registry); used by params validation. torchvision
+    names and whether a Hub repo exists are checked when the model is built.
+    """
+    source = model_source(model)
+    if source == "timm":
+        _timm_name(model)
+    elif source == "hf-hub":
+        org, _, repo = model.removeprefix(HF_HUB).partition("/")
+        if not org or not repo or "/" in repo:
+            raise ModelError(
+                f"{model}: write hf-hub:<org>/<repo>, e.g. hf-hub:timm/resnet18.a1_in1k"
+            )
+
+
 def _hub_error(model: str, exc: Exception) -> ModelError:
     """One line for a Hub failure: offline without a cached copy, no such repo, no network."""
     from huggingface_hub import constants

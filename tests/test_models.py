@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from params import AugmentParams, TrainParams
+from params import AugmentParams, ParamsError, TrainParams, load_params
 from tasks.augment import build_pipelines
 from tasks.dataset import CachedImages
 from tasks.export import export_model
@@ -53,6 +53,20 @@ def test_timm_preprocessing_comes_from_its_pretrained_config():
         data_config("timm/resnt18")
     with pytest.raises(ModelError, match=r"no weights tagged 'nope'.*a1_in1k"):
         data_config("timm/resnet18.nope")
+
+
+def test_params_validation_names_a_bad_model(tmp_path):
+    path = tmp_path / "train.yaml"
+    for model, message in [
+        ("timm/resnt18", r"train.yaml: model: unknown timm model 'timm/resnt18' \(did you mean"),
+        ("timm/resnet18.nope", "no weights tagged 'nope'"),
+        ("hf-hub:just-a-name", r"write hf-hub:<org>/<repo>"),
+    ]:
+        path.write_text(f"model: {model}\n")
+        with pytest.raises(ParamsError, match=message):
+            load_params(TrainParams, path)
+    path.write_text("model: timm/convnext_tiny.fb_in1k\n")
+    assert load_params(TrainParams, path).model == "timm/convnext_tiny.fb_in1k"
 
 
 @pytest.mark.parametrize(
