@@ -334,8 +334,9 @@ def _torchvision(
 
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ModelError(
-            f"unknown model {name!r}: use {LITE0} or a torchvision classification model "
-            "(resnet18, efficientnet_b0, convnext_tiny, …)"
+            f"unknown model {name!r}: use efficientnet_lite0|1|2, timm/<name>, "
+            "hf-hub:<org>/<repo> or a torchvision classification model (resnet18, "
+            "efficientnet_b0, convnext_tiny, …); `visiontune models` lists some"
         )
     net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     return net, _replace_last_linear(net, num_classes, dropout)
