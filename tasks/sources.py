@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tarfile
@@ -241,9 +242,15 @@ def folder_items(
         for folder, dirs, files in os.walk(label_dir, onerror=unreadable):
             here = Path(folder)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for d in dirs:  # os.walk does not enter linked folders; say so when one leaves
-                if (here / d).is_symlink() and escapes(here / d):
+            for d in dirs:  # os.walk does not enter linked folders: say so
+                if not (here / d).is_symlink():
+                    continue
+                if escapes(here / d):
                     refuse(here / d, "symlink_escape", "links outside the folder")
+                else:
+                    refuse(
+                        here / d, "not_a_file", "a link to a folder inside the tree: not followed"
+                    )
             for name in sorted(f for f in files if not f.startswith(".")):
                 path = here / name
                 found, refusal = resolve_within(str(path), root, max_bytes)
@@ -264,8 +271,8 @@ def folder_items(
     return items, refused
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or parquet manifest as Python strings (missing cells are '').
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV or parquet manifest's columns and rows of Python strings (missing cells are '').
 
     Bytes that are not UTF-8 are kept as Python keeps them in file names
     (surrogateescape), so a path cell still names its file; other cells are
@@ -286,9 +293,20 @@ def read_table(path: Path) -> pd.DataFrame:
             )
     except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
         raise SourceError(f"{printable(str(path))}: cannot read it as CSV/parquet: {exc}") from exc
-    frame.columns = [printable(str(c)).strip() for c in frame.columns]
-    frame = frame.astype(object).where(frame.notna(), "")
-    return frame.map(lambda v: os.fsdecode(v) if isinstance(v, bytes) else str(v))
+    columns = [printable(str(c)).strip() for c in frame.columns]
+
+    def cell(value: object) -> str:
+        if isinstance(value, bytes):  # a binary parquet column: bytes as file names hold them
+            return os.fsdecode(value)
+        missing = value is None or value is pd.NA or value is pd.NaT
+        return "" if missing or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    # plain Python rows: pandas' string columns would re-encode, and fail on those bytes
+    rows = [
+        dict(zip(columns, map(cell, values), strict=True))
+        for values in frame.itertuples(index=False)
+    ]
+    return columns, rows
 
 
 def manifest_items(
@@ -299,22 +317,22 @@ def manifest_items(
     Relative paths resolve against the manifest's folder, which is also the root
     that no path may leave.
     """
-    frame = read_table(path)
+    names, rows = read_table(path)
     shown = printable(str(path))
-    columns = set(frame.columns)
+    columns = set(names)
     if "label" not in columns or not columns & {"path", "url"}:
         raise SourceError(
             f"{shown}: needs a 'label' column and a 'path' or 'url' column "
-            f"(found: {', '.join(frame.columns) or 'none'})"
+            f"(found: {', '.join(names) or 'none'})"
         )
-    extra_cols = [c for c in frame.columns if c not in ("path", "url", "label")]
+    extra_cols = [c for c in names if c not in ("path", "url", "label")]
     clashing = [c for c in extra_cols if c in RESERVED_COLUMNS or not c]
     if clashing:
         raise SourceError(f"{shown}: column name(s) {clashing} are reserved by visiontune: rename")
     root = path.resolve().parent
     items: list[SourceItem] = []
     refused: list[Refusal] = []
-    for row in frame.to_dict(orient="records"):
+    for row in rows:
         where = (row.get("path") or "").strip()
         url = encoded_url((row.get("url") or "").strip())
         label = printable(row["label"]).strip()

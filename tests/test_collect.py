@@ -1,5 +1,6 @@
 import contextlib
 import hashlib
+import os
 import random
 
 import pandas as pd
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from flows import cli
 from flows.cli import app
+from tasks.files import printable
 from tasks.sources import (
     RESERVED_COLUMNS,
     SourceError,
@@ -18,7 +20,14 @@ from tasks.sources import (
 )
 from tests.conftest import REPO
 from tests.http_server import GOOD_JPEG, GOOD_PNG, TRICKLE_PNG, ImageServer
-from tests.images import image_bytes, shape_image, write_image_folder
+from tests.images import (
+    Expect,
+    fifo_watch,
+    image_bytes,
+    shape_image,
+    write_hostile_tree,
+    write_image_folder,
+)
 from tests.processes import kill_when, start
 from tests.project import make_project
 
@@ -325,3 +334,76 @@ def test_entries_landing_on_one_file_are_refused_not_overwritten(tmp_path):
     kept, refused = unique_destinations([first, repeat, clash, other])
     assert kept == [first, other]
     assert [(r.source, r.reason) for r in refused] == [("/src/cat/a__b.png", "name_clash")]
+
+
+def _sources(project) -> pd.DataFrame:
+    return pd.read_csv(project / "data" / "sources.csv", dtype=str, keep_default_na=False)
+
+
+def _check_collected(project, expect: dict, refusals: dict[str, str]) -> pd.DataFrame:
+    """Refused entries have their reasons, the rest is in data/ (exactly it, byte for byte)."""
+    assert refusals == {src: e.refused for src, e in expect.items() if e.refused}
+    sources = _sources(project)
+    assert sorted(sources["source"]) == sorted(src for src, e in expect.items() if not e.refused)
+    assert _data_files(project) == set(sources["path"]) | {"labels.csv", "sources.csv"}
+    for row in sources.itertuples():
+        assert _sha((project / "data" / row.path).read_bytes()) == row.sha256
+        assert len(row.path.rsplit("/", 1)[-1].encode()) <= 200
+    return sources
+
+
+def _clean_outcomes(project, sources: pd.DataFrame) -> dict[str, str]:
+    """`visiontune stage clean` in PROJECT; {source: rejection reason or ""}."""
+    with contextlib.chdir(project):
+        result = CliRunner().invoke(app, ["stage", "clean"])
+    assert result.exit_code == 0, f"{result.output[-4000:]}\n{result.exception!r}"
+    rejected = pd.read_csv(project / "artifacts" / "clean" / "rejected.csv", dtype=str)
+    reason_of = dict(zip(rejected["path"], rejected["reason"], strict=True))
+    kept = set(pd.read_parquet(project / "artifacts" / "clean" / "manifest.parquet")["path"])
+    assert kept | set(reason_of) == set(sources["path"])  # every collected file has an outcome
+    return {row.source: reason_of.get(row.path, "") for row in sources.itertuples()}
+
+
+def test_folder_collect_and_clean_survive_the_hostile_corpus(tmp_path, prefect_server):
+    """Special files, bad names, huge and empty files, half-supported formats: each one ends
+    collected or refused with a reason, no FIFO is opened, and clean takes what was collected."""
+    source = tmp_path / "source"
+    expect = {printable(str(p)): e for p, e in write_hostile_tree(source).items()}
+    project = make_project(tmp_path / "project")
+    with fifo_watch(source) as opened:
+        lines = _collect_lines(project, "folder", str(source))
+    assert opened == []
+    sources = _check_collected(project, expect, _refusals(lines))
+    # the original names, escaped, are in sources.csv; data/ has safe ones
+    bad = printable(os.fsdecode(bytes(source) + b"/circle/caf\xe9.png"))
+    assert sources.set_index("source").loc[bad, "path"] == "circle/caf_xe9.png"
+    assert "squ_xe4re" in set(pd.read_csv(project / "data" / "labels.csv")["folder"])
+    assert _clean_outcomes(project, sources) == {
+        src: e.rejected for src, e in expect.items() if not e.refused
+    }
+
+
+def test_manifest_collect_and_clean_survive_the_hostile_corpus(tmp_path, prefect_server):
+    """The same corpus named by a manifest whose cells are not all UTF-8 (a Latin-1 export)."""
+    source = tmp_path / "source"
+    rows, wanted = [], {}
+    for path, outcome in write_hostile_tree(source).items():
+        rel = path.relative_to(source).as_posix()
+        label = rel.split("/")[0] if "/" in rel else "circle"
+        rows.append({"path": rel, "label": label, "group": "gr\udcfcppe"})  # ü in Latin-1
+        if rel == "loose.png":  # a manifest row names its label
+            outcome = Expect()
+        elif rel == "circle/up":  # the row names a folder
+            outcome = Expect("not_a_file")
+        wanted[printable(rel)] = outcome
+    manifest = source / "manifest.csv"
+    pd.DataFrame(rows, dtype=object).to_csv(manifest, index=False, errors="surrogateescape")
+    project = make_project(tmp_path / "project")
+    with fifo_watch(source) as opened:
+        lines = _collect_lines(project, "manifest", str(manifest))
+    assert opened == []
+    sources = _check_collected(project, wanted, _refusals(lines))
+    assert set(sources["group"]) == {"gr\\xfcppe"}
+    assert _clean_outcomes(project, sources) == {
+        src: e.rejected for src, e in wanted.items() if not e.refused
+    }
