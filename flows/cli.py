@@ -127,7 +127,9 @@ def _limits(timeout: float, max_mb: float, retries: int, backoff: float, workers
 
 
 TIMEOUT = typer.Option(30.0, min=0.1, help="seconds allowed for one download attempt")
-MAX_MB = typer.Option(50.0, min=0.001, help="largest download accepted, in MiB")
+MAX_MB = typer.Option(
+    50.0, min=0.001, help="largest file accepted (download or local), in MiB; checked by stat"
+)
 RETRIES = typer.Option(3, min=0, help="retries of a timed-out or 5xx download")
 BACKOFF = typer.Option(1.0, min=0.0, help="seconds before the first retry (doubled each time)")
 WORKERS = typer.Option(8, min=1, help="downloads in flight at once")
@@ -144,11 +146,18 @@ def collect_demo(
 @collect_app.command("folder")
 def collect_folder(
     path: Path = typer.Argument(..., help="an ImageFolder tree: PATH/<label>/<image>"),
+    max_mb: float = MAX_MB,
 ) -> None:
-    """Copy an ImageFolder tree (one sub-folder per label) into data/."""
+    """Copy an ImageFolder tree (one sub-folder per label) into data/.
+
+    Files over --max-mb, FIFOs, sockets, devices, broken or looping links are
+    refused with a reason and never read; the rest is collected.
+    """
     if not path.is_dir():
         _fail(f"{path} is not a folder")
-    _collect("folder", str(path.resolve()))
+    from tasks.download import DownloadLimits
+
+    _collect("folder", str(path.resolve()), limits=DownloadLimits(max_bytes=int(max_mb * 2**20)))
 
 
 @collect_app.command("manifest")

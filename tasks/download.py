@@ -36,7 +36,7 @@ class DownloadLimits:
     """How long, how big and how persistent a download may be."""
 
     timeout: float = 30.0  # seconds for one attempt: connect, headers and the whole body
-    max_bytes: int = 50 * 2**20
+    max_bytes: int = 50 * 2**20  # the largest file accepted, downloaded or local (--max-mb)
     retries: int = 3
     backoff: float = 1.0  # seconds before the first retry, doubled for each next one
     workers: int = 8  # downloads in flight at once
