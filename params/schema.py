@@ -20,6 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+# how training evens out class sizes; tasks/balance.py implements each
+BalanceStrategy = Literal["none", "weighted_sampler", "class_weights", "oversample"]
+
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -102,7 +105,7 @@ class AugmentParams(_Params):
     mean: tuple[float, float, float] | Literal["auto"] = "auto"
     std: tuple[float, float, float] | Literal["auto"] = "auto"
     preview_per_class: int = Field(4, ge=1, le=32)
-    balance: Literal["none", "weighted_sampler", "class_weights", "oversample"] = Field(
+    balance: BalanceStrategy = Field(
         "none", description="how training evens out class sizes (artifacts/augment/balance.json)"
     )
     seed: int = 0

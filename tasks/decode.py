@@ -33,7 +33,6 @@ class RejectedImage(Exception):
 class Decoded:
     image: Image.Image  # RGB, upright, full size
     mode: str  # the file's own mode before conversion
-    format: str
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -68,7 +67,6 @@ def decode(raw: bytes, background: tuple[int, int, int], max_pixels: int) -> Dec
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(raw))
-            fmt = img.format or "unknown"
             img.load()
             mode = img.mode
             img = ImageOps.exif_transpose(img)
@@ -84,4 +82,4 @@ def decode(raw: bytes, background: tuple[int, int, int], max_pixels: int) -> Dec
         raise
     except Exception as exc:  # a mode Pillow opens but cannot convert (e.g. 'La')
         raise RejectedImage("unsupported_mode", f"mode {mode}: {exc}") from exc
-    return Decoded(rgb, mode, fmt)
+    return Decoded(rgb, mode)

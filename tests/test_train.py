@@ -338,6 +338,7 @@ def test_every_recipe_option_trains(data):
     )
     history = fit(params, weighted, show_progress=False).history
     assert all(torch.isfinite(torch.tensor(m.train_loss)) for m in history)
+    assert history[-1].train_loss < history[0].train_loss
     assert [m.trainable_stages for m in history] == [0, 2, 4]
 
 
