@@ -491,6 +491,16 @@ def crossval() -> None:
     console.print(f"label issues: {project.artifacts('crossval') / 'label_issues.csv'}")
 
 
+def _warn_server_errors(project: Project, info) -> bool:
+    """Print the server's logged errors in one line; True if there were any."""
+    from flows.server import LOG, describe_errors, server_errors
+
+    line = describe_errors(server_errors(project, info), project.prefect_home / LOG)
+    if line:
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+    return line is not None
+
+
 @server_app.command("start")
 def server_start(
     port: int = typer.Option(4200, help="preferred port (a free one is picked if taken)"),
@@ -502,6 +512,7 @@ def server_start(
     with console.status("starting the Prefect server…"):
         info = start_server(project, port=port)
     console.print(f"Prefect server running (pid {info.pid}). UI: [bold]{info.ui_url}[/bold]")
+    _warn_server_errors(project, info)
 
 
 @server_app.command("stop")
@@ -515,15 +526,17 @@ def server_stop() -> None:
 
 @server_app.command("status")
 def server_status() -> None:
-    """Say whether the project's server runs, and where."""
+    """Say whether the project's server runs, and where; exit 3 if its services logged errors."""
     from flows.server import running_server
 
-    info = running_server(Project.find())
-    if info:
-        console.print(f"running (pid {info.pid}): UI {info.ui_url}, API {info.api_url}")
-    else:
+    project = _project()
+    info = running_server(project)
+    if not info:
         console.print("not running: `visiontune server start`")
         raise typer.Exit(1)
+    console.print(f"running (pid {info.pid}): UI {info.ui_url}, API {info.api_url}")
+    if _warn_server_errors(project, info):
+        raise typer.Exit(3)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m flows.cli`
