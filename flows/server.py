@@ -132,8 +132,7 @@ def start_server(project: Project, port: int = 4200, timeout: float = 180.0) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"the Prefect server exited with code {proc.returncode}: "
-                f"see {log_path}"
+                f"the Prefect server exited with code {proc.returncode}: see {log_path}"
             )
         if healthy(info.api_url, timeout=1.0):
             write_text_atomic(_state_file(project), json.dumps(asdict(info)))

@@ -108,3 +108,88 @@ def test_serve_registers_a_scheduled_deployment(tmp_path, prefect_server):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_killed_test_session_leaves_no_server_behind_after_the_next_session_start(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.conftest import REPO
+    from tests.project import env
+
+    pid_file = tmp_path / "server.pid"
+    (tmp_path / "test_inner.py").write_text(
+        "import time\n"
+        "from pathlib import Path\n\n"
+        "def test_holds_a_server(prefect_server):\n"
+        f"    Path({str(pid_file)!r}).write_text(str(prefect_server.pid))\n"
+        "    time.sleep(600)\n"
+    )
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    child_env = {
+        **env(),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    pytest_args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "tests.conftest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
+    session = subprocess.Popen(
+        [*pytest_args, "test_inner.py"],
+        cwd=tmp_path,
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server_pid = None
+    try:
+        deadline = time.monotonic() + 240
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert session.poll() is None, "the inner session ended before its server ran"
+            assert time.monotonic() < deadline, "the inner session's server did not start"
+            time.sleep(0.5)
+        server_pid = int(pid_file.read_text())
+        # the killed session's temp folder: PREFECT_HOME is <it>/.prefect
+        session_root = Path(psutil.Process(server_pid).environ()["PREFECT_HOME"]).parent
+        session.send_signal(signal.SIGKILL)  # no pytest hook runs
+        session.wait(timeout=30)
+        time.sleep(1)
+        assert _running(server_pid), "the server should outlive the killed pytest"
+        assert session_root.is_dir()
+
+        nxt = subprocess.run(
+            [*pytest_args, "test_nothing.py"],
+            cwd=tmp_path,
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert nxt.returncode == 0, nxt.stdout[-2000:] + nxt.stderr[-2000:]
+        assert not _running(server_pid), "the next session start left the orphaned server running"
+        assert not session_root.exists()
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait(timeout=30)
+        if server_pid and psutil.pid_exists(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)
