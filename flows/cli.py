@@ -285,6 +285,7 @@ def tune() -> None:
 def retrain() -> None:
     """Collect (params/retrain.yaml), retrain if data changed, promote only a better model."""
     from flows.retrain import retrain_flow
+    from tasks.sources import SourceError
 
     project = _project()
     _validated(project)
@@ -292,7 +293,10 @@ def retrain() -> None:
         params = project.params("retrain")
     except ParamsError as exc:
         _fail(str(exc))
-    result = retrain_flow(params, str(project.root))
+    try:
+        result = retrain_flow(params, str(project.root))
+    except SourceError as exc:
+        _fail(f"params/retrain.yaml source: {exc}")
     console.print(result.get("reason") or result["decision"])
     _print_ui(project)
 
@@ -302,7 +306,11 @@ def serve(
     cron: str = typer.Option("0 3 * * *", help="when to retrain (cron, UTC)"),
     name: str = typer.Option("scheduled-retrain", help="the retrain deployment's name"),
 ) -> None:
-    """Serve scheduled retraining (and an on-demand pipeline) from this machine; Ctrl-C stops."""
+    """Serve scheduled retraining (and an on-demand pipeline) from this machine; Ctrl-C stops.
+
+    One run at a time: both deployments write the same project, so a run that comes due
+    while another is running waits for it.
+    """
     from prefect import serve as prefect_serve
 
     from flows.pipeline import pipeline_flow
@@ -315,6 +323,7 @@ def serve(
     prefect_serve(
         retrain_flow.to_deployment(name=name, cron=cron, parameters=root),
         pipeline_flow.to_deployment(name="on-demand", parameters=root),
+        limit=1,
     )
 
 

@@ -36,6 +36,10 @@ _PORT = free_port(0)
 for _key, _value in QUIET_OFFLINE.items():
     os.environ.setdefault(_key, _value)
 os.environ["PREFECT_HOME"] = str(_PROJECT.prefect_home)
+# The test server's scheduler loops every 2 s (default 60) and picks up new deployments
+# within 1 s (default 5), so a test can wait for a cron-created run.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "2")
+os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS", "1")
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ.setdefault("VISIONTUNE_CACHE", str(Path.home() / ".cache" / "visiontune"))
 
