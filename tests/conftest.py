@@ -32,6 +32,7 @@ _ROOT = Path(tempfile.mkdtemp(prefix=PREFIX))
 os.environ[TAG] = session_tag()
 (_ROOT / OWNER).write_text(os.environ[TAG])
 _PROJECT = Project(_ROOT)
+SERVER_PROJECT = _PROJECT  # where the session server keeps its database and server.log
 _PORT = free_port(0)
 for _key, _value in QUIET_OFFLINE.items():
     os.environ.setdefault(_key, _value)
