@@ -2,7 +2,7 @@
 
 One champion is trained per module (from a CSV manifest) and copied for each test that
 changes it: a manifest that grows with a new class and new preprocessing, a cron-created
-run on the project's Prefect server, and the folder source with a kept champion.
+run on the project's Prefect server, no new data, and a champion kept by the margin.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def champion(tmp_path_factory, prefect_server) -> Path:
     first = retrain_flow(root=str(project))
     assert first["promoted"] and first["new_version"] == 1 and first["champion"] is None
     assert first["reason"].startswith("no champion yet")
+    assert read_registry(project / "models").versions[0].data_version == first["data_version"]
     return base
 
 
@@ -236,32 +237,25 @@ def test_a_cron_created_run_retrains_on_the_project_server(champion, tmp_path, p
                 client.delete_deployment(deployment.id)
 
 
-def test_retrain_from_a_folder_stops_without_new_data_and_keeps_a_better_champion(
-    tmp_path, prefect_server
-):
-    source = tmp_path / "source"
-    write_image_folder(source, per_class=12)
-    project = make_project(tmp_path / "project", PARAMS)
-    _set(project, source="folder", path=str(source))
+def test_without_new_data_nothing_retrains_and_a_better_champion_is_kept(champion, tmp_path):
+    project = _copy(champion, tmp_path)
     root = str(project)
-
-    first = retrain_flow(root=root)
-    assert first["promoted"] and first["new_version"] == 1 and first["champion"] is None
     registry = read_registry(project / "models")
     assert registry.champion == 1
     assert (project / "models" / "versions" / "v1" / "model.pt").is_file()
-    assert registry.versions[0].data_version == first["data_version"]
+    first = registry.decisions[0]
 
     second = retrain_flow(root=root)
     assert second["decision"] == "no new data"
+    assert second["data_version"] == first.data_version
     assert len(read_registry(project / "models").decisions) == 1
 
-    write_image_folder(source, per_class=3, seed=5)  # new images arrive
+    _add_to_manifest(project.parent / "source", 3, seed=5, classes=("circle", "square"))
     _set(project, margin=0.99, commit=True)
     third = retrain_flow(root=root)
     assert not third["promoted"]
     assert third["reason"].startswith("champion kept") and "margin 0.99" in third["reason"]
-    assert third["data_version"] != first["data_version"]
+    assert third["data_version"] != first.data_version
     assert third["new_classes"] == [] and third["compared"] > 0
     registry = read_registry(project / "models")
     assert registry.champion == 1 and len(registry.versions) == 1
@@ -270,3 +264,19 @@ def test_retrain_from_a_folder_stops_without_new_data_and_keeps_a_better_champio
     assert log.startswith("retrain: champion kept")
     committed = sh("git", "show", "HEAD:data.dvc", cwd=project).stdout
     assert third["data_version"] in committed
+
+
+def test_every_collect_source_is_a_retrain_source_and_needs_its_path(tmp_path):
+    from params import ParamsError, load_params
+
+    for source in ("folder", "manifest", "urls"):
+        path = tmp_path / f"{source}.yaml"
+        path.write_text(f"source: {source}\n")
+        with pytest.raises(ParamsError, match=f"source: {source} needs path: <"):
+            load_params(RetrainParams, path)
+    path.write_text("source: urls\npath: nightly.txt\nlabel: cat\nmax_mb: 2\nnew_classes: reject\n")
+    params = load_params(RetrainParams, path)
+    assert (params.label, params.max_mb, params.new_classes) == ("cat", 2, "reject")
+    path.write_text("source: demo\nnew_classes: sometimes\n")
+    with pytest.raises(ParamsError, match="new_classes"):
+        load_params(RetrainParams, path)
