@@ -12,6 +12,7 @@ from rich.table import Table
 from flows.cli_collect import collect_app
 from flows.cli_common import console, current_project, fail, print_metrics, print_ui, validated
 from flows.cli_model import model_app
+from flows.cli_server import schedule_app, server_app
 from flows.environment import configure
 from flows.project import Project
 from flows.stages import STAGES
@@ -23,9 +24,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-server_app = typer.Typer(help="The project-local Prefect server (127.0.0.1) and its UI.")
 app.add_typer(collect_app, name="collect")
 app.add_typer(model_app)
+app.add_typer(schedule_app)
 app.add_typer(server_app, name="server")
 
 StageName = Enum("StageName", {s: s for s in STAGES}, type=str)  # type: ignore[misc]
@@ -154,74 +155,6 @@ def tune() -> None:
     if best.is_file():
         console.print(f"[bold]{best.relative_to(project.root)}[/bold]\n" + best.read_text())
     print_ui(project)
-
-
-@app.command()
-def retrain() -> None:
-    """Collect (params/retrain.yaml), retrain if data changed, promote only a better model."""
-    from flows.retrain import retrain_flow
-
-    project = current_project()
-    validated(project)
-    result = retrain_flow(project.params("retrain"), str(project.root))  # type: ignore[arg-type]
-    console.print(result.get("reason") or result["decision"])
-    print_ui(project)
-
-
-@app.command()
-def serve(
-    cron: str = typer.Option("0 3 * * *", help="when to retrain (cron, UTC)"),
-    name: str = typer.Option("scheduled-retrain", help="the retrain deployment's name"),
-) -> None:
-    """Serve scheduled retraining (and an on-demand pipeline) from this machine; Ctrl-C stops."""
-    from prefect import serve as prefect_serve
-
-    from flows.pipeline import pipeline_flow
-    from flows.retrain import retrain_flow
-
-    project = current_project()
-    validated(project)
-    root = {"root": str(project.root)}
-    console.print(f"serving 'retrain/{name}' on cron '{cron}' and 'pipeline/on-demand'")
-    prefect_serve(
-        retrain_flow.to_deployment(name=name, cron=cron, parameters=root),
-        pipeline_flow.to_deployment(name="on-demand", parameters=root),
-    )
-
-
-@server_app.command("start")
-def server_start(
-    port: int = typer.Option(4200, help="preferred port (a free one is picked if taken)"),
-) -> None:
-    """Start the project's Prefect server on 127.0.0.1 (reuses a running one)."""
-    from flows.server import start_server
-
-    project = current_project()
-    with console.status("starting the Prefect server…"):
-        info = start_server(project, port=port)
-    console.print(f"Prefect server running (pid {info.pid}). UI: [bold]{info.ui_url}[/bold]")
-
-
-@server_app.command("stop")
-def server_stop() -> None:
-    """Stop the project's Prefect server (by its recorded PID)."""
-    from flows.server import stop_server
-
-    project = current_project()
-    console.print("stopped" if stop_server(project) else "no server was running")
-
-
-@server_app.command("status")
-def server_status() -> None:
-    """Say whether the project's server runs, and where."""
-    from flows.server import running_server
-
-    info = running_server(Project.find())
-    if info:
-        console.print(f"running (pid {info.pid}): UI {info.ui_url}, API {info.api_url}")
-    else:
-        console.print("not running: `visiontune server start`")
-        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m flows.cli`
