@@ -7,7 +7,7 @@ generated photos), versions them with `dvc add` as `visiontune collect` does,
 and runs `visiontune run --until split`. The clean stage decodes only the new
 contents (its cache is keyed by content hash) and split assigns files by hash.
 Goal: ≤ 5% of the full time, measured twice: the stages' work in this process
-(clean_dataset + assign_splits into a fresh cache, then again after the
+(clean_dataset + plan_splits into a fresh cache, then again after the
 addition) and the clean + split stage times of `visiontune run` (with their
 Prefect subflows and DVC commits), full run vs update.
 """
@@ -25,16 +25,16 @@ DATA_STAGES = ("clean", "split")
 
 
 def clean_and_split(data: Path, out: Path) -> float:
-    """Seconds of the two stages' work in this process: clean_dataset + assign_splits."""
+    """Seconds of the two stages' work in this process: clean_dataset + plan_splits."""
     from benchmarks.workspace import SCALE_PARAMS
     from params import CleanParams, SplitParams
     from tasks.clean import build_manifest, clean_dataset
-    from tasks.split import assign_splits
+    from tasks.split import plan_splits
 
     with stopwatch() as t:
         params = CleanParams(**SCALE_PARAMS["clean"])
         cleaned = clean_dataset(data, out, params, hashes_file=out / "raw_hashes.parquet")
-        assign_splits(build_manifest(cleaned.records, data), SplitParams())
+        plan_splits(build_manifest(cleaned.records, data), SplitParams())
     return t[0]
 
 
@@ -59,7 +59,7 @@ def measure(project: ScaleProject) -> list[Result]:
             100 * work_inc / work_full,
             unit="%",
             goal=(at_most, 5.0),
-            detail=f"{work_inc:.1f} s vs {work_full:.1f} s (clean_dataset + assign_splits)",
+            detail=f"{work_inc:.1f} s vs {work_full:.1f} s (clean_dataset + plan_splits)",
         ),
         result(
             "incremental",

@@ -40,14 +40,14 @@ def timings(data: Path, work: Path) -> dict[str, float]:
     from tasks.augment import build_pipelines
     from tasks.clean import build_manifest, clean_dataset
     from tasks.model import preprocessing
-    from tasks.split import assign_splits
+    from tasks.split import plan_splits
     from tasks.train import TrainData, fit
 
     clean_params = CleanParams(**SCALE_PARAMS["clean"])
     with stopwatch() as clean_s:
         cleaned = clean_dataset(data, work / "clean", clean_params)
     with stopwatch() as split_s:
-        split = assign_splits(build_manifest(cleaned.records, data), SplitParams())
+        split = plan_splits(build_manifest(cleaned.records, data), SplitParams()).frame
     train = TrainParams(**SCALE_PARAMS["train"])
     augment = AugmentParams(**SCALE_PARAMS["augment"])
     pipelines = build_pipelines(augment, *preprocessing(train.model))

@@ -17,12 +17,12 @@ def train_data(data: Path, clean_dir: Path, model: str, image_size: int, max_sid
     from tasks.augment import build_pipelines
     from tasks.clean import build_manifest, clean_dataset
     from tasks.model import preprocessing
-    from tasks.split import assign_splits
+    from tasks.split import plan_splits
     from tasks.train import TrainData
 
     clean = CleanParams(max_side=max_side)
     manifest = build_manifest(clean_dataset(data, clean_dir, clean).records)
-    split = assign_splits(manifest, SplitParams(train=0.8, val=0.1, test=0.1))
+    split = plan_splits(manifest, SplitParams(train=0.8, val=0.1, test=0.1)).frame
     train, evaluation = build_pipelines(AugmentParams(image_size=image_size), *preprocessing(model))
     return TrainData(split, clean_dir, train, evaluation, image_size=image_size, clean=clean)
 

@@ -44,15 +44,15 @@ SourceKind = Literal["demo", "folder", "manifest", "urls"]
 
 
 def read_source(
-    source: SourceKind, location: str, label: str, per_class: int
+    source: SourceKind, location: str, label: str, per_class: int, max_bytes: int
 ) -> tuple[list[SourceItem], list[Refusal]]:
     match source:
         case "demo":
             return demo_items(fetch_demo_package(), per_class=per_class), []
         case "folder":
-            return folder_items(Path(location))
+            return folder_items(Path(location), max_bytes)
         case "manifest":
-            return manifest_items(Path(location))
+            return manifest_items(Path(location), max_bytes)
         case "urls":
             return url_list_items(Path(location), default_label=label)
     raise ValueError(f"unknown source {source!r}")
@@ -119,14 +119,15 @@ def collect_flow(
     if stale:
         log.warning("removed %d temp file(s) left in data/ by an interrupted collect", stale)
     previous = data_version(project.root)
-    items, refused = read_source(source, location, label, per_class)
+    items, refused = read_source(source, location, label, per_class, limits.max_bytes)
     items, clashes = unique_destinations(items)
     refused = refused + clashes
     local = [i for i in items if i.url is None]
     remote = [i for i in items if i.url is not None]
     report = CollectReport(refused=refused)
     if local:
-        report = report.merge(write_items(quote(local), data))  # quote: no per-item visit
+        # quote: no per-item visit; local files get the same size limit as downloads
+        report = report.merge(write_items(quote(local), data, limits.max_bytes))
     if remote:
         report = report.merge(download_items(remote, data, limits))
     tables_changed = update_records(data, report.records) if report.records else False

@@ -1,8 +1,11 @@
 """Scheduled retraining: collect → retrain if the data changed → promote only a better model.
 
 The challenger (this run's model) and the champion (the registry's current
-model) are scored on the same test split. The split is a function of content
-hashes, so images the champion trained on never move into the test set.
+model) are scored on the same test split, each decoding the raw files with the
+preprocessing stored in its model.pt. The split is a function of content
+hashes, so images the champion trained on never move into the test set. Every
+run that trains records a decision, new classes included (retrain.yaml's
+`new_classes` policy).
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from flows.naming import stage_run_name
 from flows.pipeline import pipeline_flow
 from flows.project import Project
 from params import RetrainParams
-from tasks.registry import Decision, decide, promote, read_registry, record_decision, score_on_test
+from tasks.download import DownloadLimits
+from tasks.registry import (
+    Decision,
+    compare_models,
+    decide,
+    promote,
+    read_registry,
+    record_decision,
+)
 from tasks.report import publish_markdown
 from tasks.train import MODEL
 from tasks.versioning import commit_and_tag, data_version, dvc_push, dvc_track, git_head
@@ -39,7 +50,15 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
     params = params or project.params("retrain")  # type: ignore[assignment]
     log = get_run_logger()
     before = data_version(project.root)
-    run_collect(params.source, params.path or "", str(project.root))
+    location = str(project.root / params.path) if params.path else ""  # absolute stays absolute
+    limits = DownloadLimits(
+        timeout=params.timeout,
+        max_bytes=int(params.max_mb * 2**20),
+        retries=params.retries,
+        backoff=params.backoff,
+        workers=params.workers,
+    )
+    run_collect(params.source, location, str(project.root), params.label, params.per_class, limits)
     after = data_version(project.root)
     registry = read_registry(project.models)
     if after == before and registry.champion is not None:
@@ -51,26 +70,32 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
     pipeline_flow(str(project.root))
     art = project.artifacts
     split = pd.read_parquet(art("split") / "split.parquet")
-    challenger = score_on_test(art("train") / MODEL, split, art("clean"))
-    champion = None
+    champion_pt = None
     if registry.champion is not None:
-        version = registry.version(registry.champion)
-        champion = score_on_test(project.models / version.path, split, art("clean"))
-    promoted, reason = decide(challenger, champion, params)
+        champion_pt = project.models / registry.version(registry.champion).path
+    comparison = compare_models(art("train") / MODEL, champion_pt, split, project.data)
+    promoted, reason = decide(comparison, params)
     new_version = None
     if promoted:
         new_version = promote(
-            project.models, art("train") / MODEL, challenger, after, git_head(project.root)
+            project.models,
+            art("train") / MODEL,
+            comparison.challenger,
+            after,
+            git_head(project.root),
         )
+    shared = comparison.shared_challenger, comparison.shared_champion
     decision = Decision(
         promoted=promoted,
         reason=reason,
         metric=params.metric,
-        challenger=challenger[params.metric],
-        champion=champion[params.metric] if champion else None,
+        challenger=(shared[0] or {}).get(params.metric, comparison.challenger[params.metric]),
+        champion=shared[1].get(params.metric) if shared[1] else None,
         champion_version=registry.champion,
         new_version=new_version,
         data_version=after,
+        compared=comparison.compared if champion_pt else None,
+        new_classes=comparison.new_classes,
     )
     record_decision(project.models, decision)
     log.info(reason)

@@ -59,11 +59,12 @@ STAGES: dict[str, Stage] = {
             ("train",),
             (*TRAIN_INPUTS, "artifacts/tune/best_params.yaml"),
         ),
+        # the model file carries its own preprocessing: evaluate needs no augment output
         Stage(
             "evaluate",
             "flows.evaluate:evaluate_flow",
             ("evaluate",),
-            (*TRAIN_INPUTS, "artifacts/train/model.pt"),
+            (CACHE_INDEX, SPLIT, "artifacts/train/model.pt"),
         ),
     )
 }
@@ -118,8 +119,25 @@ def _docstring_only(path: Path) -> bool:
     return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
 
 
-if __name__ == "__main__":  # `python -m flows.stages`: the deps each stage needs in dvc.yaml
+def write_deps(dvc_yaml: Path) -> None:
+    """Rewrite each stage's `deps:` list in dvc.yaml from the registry (comments elsewhere
+    are kept): what `python -m flows.stages --write` does after a change of imports."""
+    root = dvc_yaml.parent
+    text = dvc_yaml.read_text()
+    for stage in STAGES.values():
+        start = text.index("    deps:\n", text.index(f"\n  {stage.name}:\n"))
+        end = text.index("    params:\n", start)
+        listed = "".join(f"      - {dep}\n" for dep in (*stage.reads, *code_deps(stage, root)))
+        text = text[:start] + "    deps:\n" + listed + text[end:]
+    dvc_yaml.write_text(text)
+
+
+if __name__ == "__main__":  # the deps each stage needs in dvc.yaml; --write puts them there
+    import sys
+
     here = Path(__file__).resolve().parent.parent
+    if "--write" in sys.argv:
+        write_deps(here / "dvc.yaml")
     for stage in STAGES.values():
         print(f"{stage.name}:")
         for dep in (*stage.reads, *code_deps(stage, here)):

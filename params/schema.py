@@ -20,6 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+# how training evens out class sizes; tasks/balance.py implements each
+BalanceStrategy = Literal["none", "weighted_sampler", "class_weights", "oversample"]
+
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -104,7 +107,7 @@ class AugmentParams(_Params):
     mean: tuple[float, float, float] | Literal["auto"] = "auto"
     std: tuple[float, float, float] | Literal["auto"] = "auto"
     preview_per_class: int = Field(4, ge=1, le=32)
-    balance: Literal["none", "weighted_sampler", "class_weights", "oversample"] = Field(
+    balance: BalanceStrategy = Field(
         "none", description="how training evens out class sizes (artifacts/augment/balance.json)"
     )
     seed: int = 0
@@ -379,20 +382,44 @@ class CrossvalParams(_Params):
 class RetrainParams(_Params):
     """Scheduled retraining: collect, retrain when data changed, promote only a better model."""
 
-    source: Literal["demo", "folder"] = "demo"
-    path: str | None = Field(None, description="the ImageFolder tree for source: folder")
+    # what to collect: any `visiontune collect` source, with that command's options
+    source: Literal["demo", "folder", "manifest", "urls"] = Field(
+        "demo", description="demo | folder | manifest | urls (then set path)"
+    )
+    path: str | None = Field(
+        None,
+        description="folder: the ImageFolder tree; manifest: the CSV/parquet file; "
+        "urls: the 'URL [LABEL]' list (relative paths resolve against the project)",
+    )
+    per_class: int = Field(120, ge=1, description="demo: images per class")
+    label: str = Field("", description="urls: the label for lines that carry none")
+    timeout: float = Field(30.0, gt=0, description="seconds allowed for one download attempt")
+    max_mb: float = Field(50.0, gt=0, description="largest file accepted, in MiB")
+    retries: int = Field(3, ge=0, description="retries of a timed-out or 5xx download")
+    backoff: float = Field(1.0, ge=0, description="seconds before the first retry (doubled)")
+    workers: int = Field(8, ge=1, description="downloads in flight at once")
+    # how to decide
     metric: str = Field("accuracy", description="key of metrics.json that decides promotion")
     higher_is_better: bool = True
     margin: float = Field(
         0.0, ge=0, description="promote only if the challenger beats the champion by more"
     )
+    new_classes: Literal["promote", "compare_known", "reject"] = Field(
+        "promote",
+        description="when the test split has classes the champion does not know: promote "
+        "the challenger, compare_known (decide on the images of the classes both know), "
+        "or reject (keep the champion)",
+    )
     commit: bool = Field(False, description="git commit data.dvc, dvc.lock, registry; tag it")
     push: bool = Field(False, description="`dvc push` data and models to the DVC remote")
 
     @model_validator(mode="after")
-    def _folder_needs_path(self) -> RetrainParams:
-        if self.source == "folder" and not self.path:
-            raise ValueError("source: folder needs path: <ImageFolder tree>")
+    def _source_needs_path(self) -> RetrainParams:
+        if self.source != "demo" and not self.path:
+            what = {"folder": "ImageFolder tree", "manifest": "CSV or parquet manifest"}
+            raise ValueError(
+                f"source: {self.source} needs path: <{what.get(self.source, 'URL list file')}>"
+            )
         return self
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,9 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import WeightedRandomSampler
 
-STRATEGIES = ("none", "weighted_sampler", "class_weights", "oversample")
+from params.schema import BalanceStrategy
+
+STRATEGIES = get_args(BalanceStrategy)
 
 
 def balance_plan(split: pd.DataFrame, strategy: str) -> dict:
@@ -52,16 +54,13 @@ def plan_table(plan: dict) -> pd.DataFrame:
     return table.reset_index()
 
 
-Strategy = Literal["none", "weighted_sampler", "class_weights", "oversample"]
-
-
 class BalanceError(ValueError):
     pass
 
 
 @dataclass
 class BalancePlan:
-    strategy: Strategy = "none"
+    strategy: BalanceStrategy = "none"
     class_counts: dict[str, int] = field(default_factory=dict)
     class_weights: dict[str, float] = field(default_factory=dict)
 

@@ -6,7 +6,10 @@ loads with `torch.load(weights_only=True)` (no unpickling of objects).
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +71,82 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     if state.get("fingerprint") != fingerprint or state.get("finished"):
         return None
     return state
+
+
+def better(
+    value: float, best: float, monitor: str, min_delta: float, loss: float, best_loss: float
+) -> bool:
+    """Improved by more than min_delta; an accuracy tie is broken by the lower loss."""
+    if not math.isfinite(best):
+        return True
+    if monitor.endswith("accuracy"):
+        return value > best + min_delta or (min_delta == 0 and value == best and loss < best_loss)
+    return value < best - min_delta
+
+
+@dataclass
+class CheckpointSaver:
+    """Decides "better" and owns the run's files (like timm's CheckpointSaver): the best
+    model file, and a checkpoint of the whole state after every epoch. Only the main rank
+    writes; without `out_dir` nothing is written (tune trials, cross-validation)."""
+
+    monitor: str
+    min_delta: float
+    patience: int
+    checkpoint: Path | None = None
+    model: Path | None = None
+    fingerprint: str = ""
+    writes: bool = True
+    best_epoch: int = -1
+    best_score: float = math.inf
+    best_loss: float = math.inf  # breaks ties of an accuracy monitor
+    bad_epochs: int = 0
+
+    def resume(self) -> dict | None:
+        """The unfinished checkpoint of this very run (same params and data), if any."""
+        if self.checkpoint is None:
+            return None
+        state = load_checkpoint(self.checkpoint, self.fingerprint)
+        if state is not None:
+            self.load_state_dict(state)
+        return state
+
+    def update(self, score: float, loss: float, epoch: int) -> bool:
+        """Record an epoch's monitored score; True when it is the best so far."""
+        improved = better(
+            score, self.best_score, self.monitor, self.min_delta, loss, self.best_loss
+        )
+        if improved:
+            self.best_score, self.best_loss, self.best_epoch = score, loss, epoch
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def save(self, improved: bool, model: Callable[[], dict], state: Callable[[], dict]) -> None:
+        """The model file when the epoch improved, then the checkpoint (atomic writes)."""
+        if not self.writes:
+            return
+        if improved and self.model is not None:
+            save_torch(model(), self.model)
+        if self.checkpoint is not None:
+            save_torch(state() | self.state_dict(), self.checkpoint)
+
+    def state_dict(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "best_loss": self.best_loss,
+            "bad_epochs": self.bad_epochs,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_epoch = state["best_epoch"]
+        self.best_score = state["best_score"]
+        self.best_loss = state["best_loss"]
+        self.bad_epochs = state["bad_epochs"]

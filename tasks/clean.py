@@ -45,15 +45,28 @@ from params import CleanParams
 from tasks import decode as decode_module
 from tasks.decode import Decoded, RejectedImage, decode
 from tasks.duplicates import near_duplicate_components
-from tasks.files import write_bytes_atomic, write_csv, write_parquet
+from tasks.files import (
+    FileRefused,
+    open_regular,
+    printable,
+    read_limited,
+    write_bytes_atomic,
+    write_csv,
+    write_parquet,
+)
 from tasks.sources import SOURCES_FILE, safe_label
 
 CACHE_INDEX = "cache_index.parquet"
 IMAGES = "images"
 OWN_FILES = ("manifest.parquet", "rejected.csv", "classes.csv", CACHE_INDEX, IMAGES)
 
+UNDECODABLE = "the file name is not valid UTF-8: rename it, or collect it (collect renames it)"
 # Every rejection reason, in the order the rules apply (README has the same table).
 REASONS = {
+    "bad_name": "the file name is not valid UTF-8",
+    "missing": "the file disappeared, or is a symlink to nothing",
+    "not_a_file": "a FIFO, socket, device or folder, never opened",
+    "unreadable": "cannot be opened (permission denied, a symlink loop, an I/O error)",
     "label_not_allowed": "the label is not in clean.yaml `classes`",
     "empty": "zero-byte file",
     "not_an_image": "Pillow cannot identify the format",
@@ -340,8 +353,13 @@ def prune(out_dir: Path, keep: set[str]) -> None:
 
 def hash_files(
     data_dir: Path, paths: list[str], hashes_file: Path | None = None
-) -> dict[str, tuple[str, int]]:
-    """(sha256, bytes) per path, reusing `hashes_file` rows whose size and mtime still match."""
+) -> tuple[dict[str, tuple[str, int]], list[Rejection]]:
+    """(sha256, bytes) per path, reusing `hashes_file` rows whose size and mtime still match,
+    and the paths that cannot be read, each with a reason.
+
+    Hashes are streamed (a huge file is never held in memory), and a path is opened
+    only after stat says it is a regular file: a FIFO would block the run forever.
+    """
     known: dict[str, tuple[int, int, str]] = {}
     if hashes_file is not None and hashes_file.is_file():
         try:
@@ -351,21 +369,29 @@ def hash_files(
         except Exception:  # an unreadable hash cache only costs a re-read
             known = {}
     digests: dict[str, tuple[str, int]] = {}
+    rejected: list[Rejection] = []
     stats: list[tuple[str, int, int, str]] = []
     for rel in paths:
-        path = data_dir / rel
-        st = path.stat()
-        cached = known.get(rel)
-        if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
-            sha = cached[2]
-        else:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        digests[rel] = (sha, st.st_size)
-        stats.append((rel, st.st_size, st.st_mtime_ns, sha))
+        if printable(rel) != rel:  # not UTF-8: no table or parquet file can hold the path
+            rejected.append(Rejection(printable(rel), "bad_name", UNDECODABLE))
+            continue
+        try:
+            with open_regular(data_dir / rel) as (fh, size):
+                mtime = os.fstat(fh.fileno()).st_mtime_ns
+                cached = known.get(rel)
+                if cached is not None and cached[:2] == (size, mtime):
+                    sha = cached[2]
+                else:
+                    sha = read_limited(fh, None)
+        except FileRefused as exc:
+            rejected.append(Rejection(rel, exc.reason, exc.detail))
+            continue
+        digests[rel] = (sha, size)
+        stats.append((rel, size, mtime, sha))
     if hashes_file is not None:
         frame = pd.DataFrame(stats, columns=["path", "size", "mtime_ns", "sha256"])
         write_parquet(frame, hashes_file)
-    return digests
+    return digests, rejected
 
 
 def clean_dataset(
@@ -380,8 +406,9 @@ def clean_dataset(
     With `hashes_file`, a file whose size and mtime are unchanged since the last
     run is not read again to hash it (as git and DVC do).
     """
-    files = list_raw_images(data_dir)
-    digests = hash_files(data_dir, [rel for rel, _ in files], hashes_file)
+    listed = list_raw_images(data_dir)
+    digests, unreadable = hash_files(data_dir, [rel for rel, _ in listed], hashes_file)
+    files = [(rel, label) for rel, label in listed if rel in digests]
     first_with: dict[str, str] = {}
     for rel, _ in files:
         first_with.setdefault(digests[rel][0], rel)
@@ -398,6 +425,7 @@ def clean_dataset(
             on_progress(n + 1, len(todo))
 
     records, rejected = apply_rules(files, digests, index, params)
+    rejected = sorted(rejected + unreadable, key=lambda r: r.path)
     for rec in records:  # a cache file pruned earlier (e.g. the image was too small then)
         if not (out_dir / rec.cache).is_file():
             process((data_dir / rec.path).read_bytes(), rec.sha256, key, params, out_dir)
@@ -405,8 +433,8 @@ def clean_dataset(
     prune(out_dir, {rec.cache for rec in records})
     save_index(index, out_dir)
     raw_counts: dict[str, int] = {}
-    for _, label in files:
-        raw_counts[label] = raw_counts.get(label, 0) + 1
+    for _, label in listed:
+        raw_counts[printable(label)] = raw_counts.get(printable(label), 0) + 1
     return CleanResult(records, rejected, processed, raw_counts)
 
 

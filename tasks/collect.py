@@ -21,7 +21,14 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.files import atomic_path, write_bytes_atomic, write_text_atomic
+from tasks.files import (
+    FileRefused,
+    atomic_path,
+    open_regular,
+    read_limited,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from tasks.sources import (
     DEMO_PACKAGE,
     DEMO_VERSION,
@@ -81,8 +88,8 @@ def fetch_demo_package(dest: Path | None = None) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    with open_regular(path) as (fh, _):
+        return read_limited(fh, None)
 
 
 def record(item: SourceItem, rel: str, sha256: str) -> dict[str, str]:
@@ -130,30 +137,54 @@ def remove_empty_folders(data_dir: Path) -> None:
             folder.rmdir()
 
 
+def write_one(item: SourceItem, dest: Path, max_bytes: int | None) -> tuple[str, str]:
+    """Bring one item to `dest` atomically: ('new' | 'changed' | 'unchanged', sha256).
+
+    A local source is opened only if stat says it is a regular file within the
+    limit, and its bytes are hashed while they are copied, so what sources.csv
+    records is what landed in data/ even if the source changed meanwhile.
+    """
+    before = dest.is_file()
+    if item.data is not None:
+        digest = hashlib.sha256(item.data).hexdigest()
+        if before and file_sha256(dest) == digest:
+            return "unchanged", digest
+        write_bytes_atomic(dest, item.data)
+        return ("changed" if before else "new"), digest
+    with open_regular(item.path, max_bytes, follow_symlinks=False) as (src, size):  # type: ignore[arg-type]
+        if before and dest.stat().st_size == size:
+            digest = read_limited(src, max_bytes)
+            if file_sha256(dest) == digest:
+                return "unchanged", digest
+            src.seek(0)
+        with atomic_path(dest) as tmp, tmp.open("wb") as out:
+            digest = read_limited(src, max_bytes, into=out)
+    return ("changed" if before else "new"), digest
+
+
 @task(name="write-images", cache_policy=NO_CACHE)
-def write_items(items: list[SourceItem], data_dir: Path) -> CollectReport:
-    """Write local or in-memory items atomically; a file already there with the same bytes stays."""
+def write_items(
+    items: list[SourceItem], data_dir: Path, max_bytes: int | None = None
+) -> CollectReport:
+    """Write local or in-memory items; a file already there with the same bytes stays.
+
+    An entry that cannot be read (gone, swapped for a FIFO, grown past `max_bytes`)
+    is refused with its reason and the others go on.
+    """
     report = CollectReport()
     for item in items:
         dest = data_dir / item.folder / item.name
         rel = dest.relative_to(data_dir).as_posix()
-        if item.data is not None:
-            digest = hashlib.sha256(item.data).hexdigest()
-        else:
-            digest = file_sha256(item.path)  # type: ignore[arg-type]
+        try:
+            outcome, digest = write_one(item, dest, max_bytes)
+        except FileRefused as exc:
+            report.refused.append(Refusal(item.origin, exc.reason, exc.detail))
+            continue
         report.records.append(record(item, rel, digest))
-        if dest.is_file():
-            if file_sha256(dest) == digest:
-                report.unchanged += 1
-                continue
-            report.changed.append(rel)
+        if outcome == "unchanged":
+            report.unchanged += 1
         else:
-            report.new.append(rel)
-        if item.data is not None:
-            write_bytes_atomic(dest, item.data)
-        else:
-            with atomic_path(dest) as tmp:
-                shutil.copyfile(item.path, tmp)  # type: ignore[arg-type]
+            (report.new if outcome == "new" else report.changed).append(rel)
     return report
 
 

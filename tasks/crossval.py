@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from params import CrossvalParams, TrainParams
-from tasks.dataset import CachedImages, make_loader
 from tasks.evaluate import evaluate_predictions
-from tasks.train import MODEL, TrainData, fit, load_model, predict_logits
+from tasks.inference import MODEL, predict_probs
+from tasks.train import TrainData, fit
 
 SUMMARY_KEYS = ("accuracy", "f1_macro", "log_loss", "ece")
 
@@ -69,12 +68,7 @@ def fold_pool(split: pd.DataFrame) -> pd.DataFrame:
 
 
 def _probs(model_pt: Path, frame: pd.DataFrame, data: TrainData, batch_size: int) -> np.ndarray:
-    net, meta = load_model(model_pt)
-    dataset = CachedImages(frame, data.clean_dir, data.eval_pipeline, meta["classes"])
-    logits, _ = predict_logits(
-        net, make_loader(dataset, batch_size, False, 0, 0), torch.device("cpu")
-    )
-    return torch.softmax(logits, 1).numpy()
+    return predict_probs(model_pt, frame, data.clean_dir, "cpu", batch_size)[0]
 
 
 def _targets(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:

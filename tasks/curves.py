@@ -6,16 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.files import atomic_path
+from tasks.figures import pyplot, save_figure
 
 
 def plot_curves(history: pd.DataFrame, out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (ax_loss, ax_acc) = pyplot().subplots(1, 2, figsize=(9, 3.5))
     epochs = history["epoch"] + 1
     for col in ("train_loss", "val_loss"):
         ax_loss.plot(epochs, history[col], marker="o", label=col)
@@ -27,6 +22,4 @@ def plot_curves(history: pd.DataFrame, out_png: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=90)

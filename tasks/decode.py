@@ -2,7 +2,8 @@
 
 Pillow does the work: its decompression-bomb limit is checked from the header
 before any pixel is decoded, `load()` decodes fully (so a truncated file fails
-here, not in training), and EXIF orientation is applied.
+here, not in training), and EXIF orientation is applied. A multi-frame file
+(animated GIF/PNG/WebP, multi-page TIFF) gives its first frame.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class RejectedImage(Exception):
 class Decoded:
     image: Image.Image  # RGB, upright, full size
     mode: str  # the file's own mode before conversion
-    format: str
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -45,8 +45,14 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         return canvas
     if mode in SIXTEEN_BIT:
         # Pillow's own I;16 → RGB conversion clips at 255; scale the 16-bit range instead
-        values = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8
-        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+        values = np.asarray(img, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            # 32-bit integers beyond 16 bits (or negative) have no agreed black and white
+            raise RejectedImage(
+                "unsupported_mode",
+                f"mode {mode} values {values.min()}..{values.max()} exceed the 16-bit range",
+            )
+        return Image.fromarray((values >> 8).astype(np.uint8), "L").convert("RGB")
     if mode in PLAIN_MODES:
         return img.convert("RGB")
     raise RejectedImage("unsupported_mode", f"mode {mode} has no defined RGB rendering")
@@ -61,7 +67,6 @@ def decode(raw: bytes, background: tuple[int, int, int], max_pixels: int) -> Dec
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(raw))
-            fmt = img.format or "unknown"
             img.load()
             mode = img.mode
             img = ImageOps.exif_transpose(img)
@@ -71,4 +76,10 @@ def decode(raw: bytes, background: tuple[int, int, int], max_pixels: int) -> Dec
         raise RejectedImage("not_an_image", "Pillow cannot identify the format") from exc
     except Exception as exc:  # a broken file can make any decoder raise anything
         raise RejectedImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
-    return Decoded(to_rgb(img, background), mode, fmt)
+    try:
+        rgb = to_rgb(img, background)
+    except RejectedImage:
+        raise
+    except Exception as exc:  # a mode Pillow opens but cannot convert (e.g. 'La')
+        raise RejectedImage("unsupported_mode", f"mode {mode}: {exc}") from exc
+    return Decoded(rgb, mode)

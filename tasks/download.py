@@ -36,7 +36,7 @@ class DownloadLimits:
     """How long, how big and how persistent a download may be."""
 
     timeout: float = 30.0  # seconds for one attempt: connect, headers and the whole body
-    max_bytes: int = 50 * 2**20
+    max_bytes: int = 50 * 2**20  # the largest file accepted, downloaded or local (--max-mb)
     retries: int = 3
     backoff: float = 1.0  # seconds before the first retry, doubled for each next one
     workers: int = 8  # downloads in flight at once
@@ -45,9 +45,6 @@ class DownloadLimits:
 @dataclass(frozen=True)
 class Downloaded:
     sha256: str
-    bytes: int
-    content_type: str
-    format: str  # what Pillow recognised from the bytes (PNG, JPEG, …)
 
 
 class DownloadRefused(Exception):
@@ -106,7 +103,7 @@ def fetch(url: str, dest: Path, limits: DownloadLimits) -> Downloaded:
                             )
                         digest.update(chunk)
                         fh.write(chunk)
-                image_format = sniff_image(tmp)
+                sniff_image(tmp)
     except httpx.TimeoutException as exc:
         raise DownloadRefused(
             "timeout", f"{type(exc).__name__} after {limits.timeout:g} s", True
@@ -117,20 +114,20 @@ def fetch(url: str, dest: Path, limits: DownloadLimits) -> Downloaded:
         raise DownloadRefused("http_error", str(exc)) from exc
     except httpx.TransportError as exc:
         raise DownloadRefused("connection_error", f"{type(exc).__name__}: {exc}", True) from exc
-    return Downloaded(digest.hexdigest(), size, content_type, image_format)
+    return Downloaded(digest.hexdigest())
 
 
-def sniff_image(path: Path) -> str:
-    """The image format Pillow recognises from the file's magic bytes (no full decode)."""
+def sniff_image(path: Path) -> None:
+    """Refuse bytes whose magic Pillow does not recognise as an image (no full decode)."""
     if path.stat().st_size == 0:
         raise DownloadRefused("not_an_image", "empty body")
     try:
-        with Image.open(path) as img:
-            return img.format or "unknown"
+        with Image.open(path):
+            return
     except (UnidentifiedImageError, OSError) as exc:
         raise DownloadRefused("not_an_image", "the bytes are not an image Pillow knows") from exc
     except Image.DecompressionBombError:
-        return "oversized"  # a real image; clean decides what to do with it
+        return  # a real image; clean decides what to do with it
 
 
 def retry_if_transient(_task: Task, _run: TaskRun, state: State) -> bool:

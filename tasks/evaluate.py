@@ -135,3 +135,13 @@ def confusion_frame(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame(matrix, index=classes, columns=classes)
     frame.index.name = "actual"
     return frame.reset_index()
+
+
+def misclassified_gallery(predictions: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The `n` misclassified test images with the highest loss (most confidently wrong first)."""
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    rows = wrong.sort_values("loss", ascending=False).head(n).copy()
+    rows["gallery"] = [
+        f"true {r.actual}\npred {r.predicted} ({r.confidence:.2f})" for r in rows.itertuples()
+    ]
+    return rows

@@ -10,7 +10,8 @@ import pandas as pd
 from tasks.files import atomic_path
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures are files, never windows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,10 +20,11 @@ def _plt():
     return plt
 
 
-def _save(fig, out_png: Path, dpi: int = 100) -> None:
+def save_figure(fig, out_png: Path, dpi: int = 100) -> None:
+    """Every figure the project writes goes through here: an atomic PNG, then closed."""
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def plot_confusion(
@@ -31,7 +33,7 @@ def plot_confusion(
     """Counts beside row-normalised rates (the diagonal is each class's recall)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    plt = _plt()
+    plt = pyplot()
     size = 2.5 + 0.6 * len(classes)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
     for ax, matrix, title, fmt in (
@@ -43,7 +45,7 @@ def plot_confusion(
         )
         ax.set_title(f"test confusion matrix ({title})")
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def plot_reliability(
@@ -58,7 +60,7 @@ def plot_reliability(
         accuracy, mean_conf = np.array([correct.mean()]), np.array([confidence.mean()])
     else:
         accuracy, mean_conf = calibration_curve(correct, confidence, n_bins=bins)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     ax.plot(mean_conf, accuracy, marker="o", label="model")
@@ -77,7 +79,7 @@ def plot_reliability(
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return pd.DataFrame({"confidence": mean_conf.round(4), "accuracy": accuracy.round(4)})
 
 
@@ -87,7 +89,7 @@ def plot_gallery(
     """A grid of images (column `cache` under image_dir) captioned with `rows[caption]`."""
     from tasks.augment import read_rgb
 
-    plt = _plt()
+    plt = pyplot()
     n = max(1, len(rows))
     cols = min(8, n)
     lines = (n + cols - 1) // cols
@@ -99,4 +101,4 @@ def plot_gallery(
         ax.set_title(row[caption], fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, out_png, dpi=90)
+    save_figure(fig, out_png, dpi=90)

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import ExponentialLR
 
 from params import TrainParams
 from tasks.dataset import CachedImages, make_loader
-from tasks.files import atomic_path
+from tasks.figures import pyplot, save_figure
 from tasks.model import build_classifier, pick_device
 from tasks.optim import make_optimizer, param_groups, trainable_stages
 from tasks.train import TrainData, seed_everything
@@ -98,12 +98,7 @@ def suggest(curve: pd.DataFrame) -> dict[str, float]:
 
 
 def plot_lr_find(result: LRFind, out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.plot(result.curve["lr"], result.curve["loss"], alpha=0.3, label="loss")
     ax.plot(result.curve["lr"], result.curve["smoothed"], label="smoothed loss")
     for lr, style, name in (
@@ -119,6 +114,4 @@ def plot_lr_find(result: LRFind, out_png: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=90)

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from params import AugmentParams, RetrainParams
+from params import RetrainParams
 from tasks.files import write_json
 
 REGISTRY = "registry.json"
@@ -45,6 +46,8 @@ class Decision:
     champion_version: int | None
     new_version: int | None
     data_version: str | None
+    compared: int | None = None  # test images both models were scored on
+    new_classes: list[str] = field(default_factory=list)  # test classes the champion lacked
     decided: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -74,47 +77,143 @@ def write_registry(models_dir: Path, registry: Registry) -> None:
     write_json(asdict(registry), models_dir / REGISTRY)
 
 
-def score_on_test(model_path: Path, split: pd.DataFrame, clean_dir: Path) -> dict[str, float]:
-    """Test-split metrics of a model file, preprocessed the way that model was trained."""
-    from tasks.augment import build_pipelines
-    from tasks.dataset import CachedImages, make_loader
-    from tasks.evaluate import evaluate_predictions
-    from tasks.train import load_model, predict_logits
+@dataclass
+class Predictions:
+    """A model's class probabilities for the test images, preprocessed as it was trained."""
 
-    net, meta = load_model(model_path)
-    _, eval_pipe = build_pipelines(
-        AugmentParams(image_size=meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"])
-    )
-    test = split[split["split"] == "test"]
-    unknown = set(test["label"]) - set(meta["classes"])
-    if unknown:
-        raise ValueError(f"{model_path} does not know the test classes {sorted(unknown)}")
-    dataset = CachedImages(test, clean_dir, eval_pipe, meta["classes"])
-    logits, targets = predict_logits(
-        net, make_loader(dataset, 64, False, 0, 0), torch.device("cpu")
-    )
-    probs = torch.softmax(logits, 1).numpy()
-    ev = evaluate_predictions(probs, targets.numpy(), meta["classes"], test["path"].tolist(), 3)
+    classes: list[str]
+    probs: np.ndarray  # (images, classes); NaN rows for images this model cannot read
+
+    @property
+    def readable(self) -> np.ndarray:
+        return ~np.isnan(self.probs).any(axis=1)
+
+
+def predict_test(
+    model_path: Path, test: pd.DataFrame, data_dir: Path, batch_size: int = 64
+) -> Predictions:
+    """Decode the raw data/ files of `test` with the model's own clean params and eval pipeline.
+
+    Both come from model.pt (as in `visiontune predict`), so a champion trained with
+    other preprocessing, or on another clean cache, is scored the way it was trained.
+    """
+    from tasks.decode import RejectedImage
+    from tasks.predict import Predictor
+
+    predictor = Predictor.load(model_path)
+    probs = np.full((len(test), len(predictor.classes)), np.nan, dtype=np.float64)
+    paths = [data_dir / rel for rel in test["path"]]
+    for start in range(0, len(paths), batch_size):
+        rows, tensors = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                tensors.append(predictor.tensor(paths[i]))
+            except (RejectedImage, OSError):
+                continue
+            rows.append(i)
+        if tensors:
+            probs[rows] = predictor.probabilities(torch.stack(tensors)).double().numpy()
+    return Predictions(predictor.classes, probs)
+
+
+def metrics_on(pred: Predictions, test: pd.DataFrame, mask: np.ndarray) -> dict[str, float]:
+    """Metrics of `pred` on the test images selected by `mask` (each of a class it knows)."""
+    from tasks.evaluate import evaluate_predictions
+
+    rows = test[mask]
+    index = {name: i for i, name in enumerate(pred.classes)}
+    targets = np.array([index[label] for label in rows["label"]], dtype=np.int64)
+    ev = evaluate_predictions(pred.probs[mask], targets, pred.classes, rows["path"].tolist(), 3)
     return ev.metrics
 
 
-def decide(
-    challenger: dict[str, float], champion: dict[str, float] | None, params: RetrainParams
-) -> tuple[bool, str]:
-    """Promote only a challenger that beats the champion by more than the margin."""
-    if params.metric not in challenger:
+@dataclass
+class Comparison:
+    """Challenger and champion on the test split: on what both can judge, and on the rest."""
+
+    challenger: dict[str, float]  # every test image the challenger can classify
+    champion_classes: list[str] | None = None
+    shared_challenger: dict[str, float] | None = None  # on the images both can classify
+    shared_champion: dict[str, float] | None = None
+    compared: int = 0  # test images both models were scored on
+    new_classes: list[str] = field(default_factory=list)  # test classes the champion lacks
+    new_class_images: int = 0
+    on_new_classes: dict[str, float] | None = None  # the challenger on those images
+
+
+def compare_models(
+    challenger_pt: Path, champion_pt: Path | None, split: pd.DataFrame, data_dir: Path
+) -> Comparison:
+    """Score both models on the same test images, each with its own preprocessing."""
+    test = split[split["split"] == "test"].reset_index(drop=True)
+    new = predict_test(challenger_pt, test, data_dir)
+    knows_new = test["label"].isin(new.classes).to_numpy() & new.readable
+    if not knows_new.any():
+        raise ValueError(f"{challenger_pt} can classify none of the {len(test)} test images")
+    comparison = Comparison(challenger=metrics_on(new, test, knows_new))
+    if champion_pt is None:
+        return comparison
+    old = predict_test(champion_pt, test, data_dir)
+    knows_old = test["label"].isin(old.classes).to_numpy()
+    shared = knows_new & knows_old & old.readable
+    unknown = knows_new & ~knows_old
+    comparison.champion_classes = list(old.classes)
+    comparison.compared = int(shared.sum())
+    comparison.new_classes = sorted(set(test.loc[unknown, "label"]))
+    comparison.new_class_images = int(unknown.sum())
+    if shared.any():
+        comparison.shared_challenger = metrics_on(new, test, shared)
+        comparison.shared_champion = metrics_on(old, test, shared)
+    if unknown.any():
+        comparison.on_new_classes = metrics_on(new, test, unknown)
+    return comparison
+
+
+def decide(comparison: Comparison, params: RetrainParams) -> tuple[bool, str]:
+    """Promote only a challenger that beats the champion by more than the margin.
+
+    When the test split holds classes the champion does not know, `params.new_classes`
+    decides: promote (the default), compare_known (compare on the images of the classes
+    both know), or reject (keep the champion).
+    """
+    metric = params.metric
+    if metric not in comparison.challenger:
         raise ValueError(
-            f"retrain.metric {params.metric!r} is not in the metrics {list(challenger)}"
+            f"retrain.metric {metric!r} is not in the metrics {list(comparison.challenger)}"
         )
-    new = challenger[params.metric]
-    if champion is None:
-        return True, f"no champion yet: the first model ({params.metric}={new:.4f}) is promoted"
-    old = champion[params.metric]
-    gain = new - old if params.higher_is_better else old - new
-    verdict = (
-        f"challenger {params.metric}={new:.4f} vs champion {old:.4f} "
-        f"(gain {gain:+.4f}, margin {params.margin:g})"
-    )
+    new = comparison.challenger[metric]
+    if comparison.champion_classes is None:
+        return True, f"no champion yet: the first model ({metric}={new:.4f}) is promoted"
+    ours = (comparison.shared_challenger or {}).get(metric)
+    theirs = (comparison.shared_champion or {}).get(metric)
+    gain = None
+    if ours is not None and theirs is not None:
+        gain = ours - theirs if params.higher_is_better else theirs - ours
+        verdict = (
+            f"challenger {metric}={ours:.4f} vs champion {theirs:.4f} "
+            f"(gain {gain:+.4f}, margin {params.margin:g})"
+        )
+    else:
+        verdict = f"no {metric} for both models on a shared test image"
+    if comparison.new_classes:
+        on_new = (comparison.on_new_classes or {}).get(metric)
+        rest = (
+            f"new classes {comparison.new_classes} ({comparison.new_class_images} test "
+            f"image(s)"
+            + (f", challenger {metric}={on_new:.4f} on them)" if on_new is not None else ")")
+        )
+        known = f"on the {comparison.compared} image(s) of known classes: {verdict}"
+        if params.new_classes == "promote":
+            return True, f"promoted: {rest}; {known}"
+        if params.new_classes == "reject":
+            return False, f"champion kept: {rest}, and new_classes is 'reject'; {known}"
+        if gain is None:
+            return True, f"promoted: {rest}; {known}"
+        if gain > params.margin:
+            return True, f"promoted {known}; not compared: {rest}"
+        return False, f"champion kept {known}; not compared: {rest}"
+    if gain is None:
+        return True, f"promoted: {verdict}"
     if gain > params.margin:
         return True, f"promoted: {verdict}"
     return False, f"champion kept: {verdict}"

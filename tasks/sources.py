@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tarfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pandas as pd
+
+from tasks.files import FileRefused, printable, regular_size
 
 DEMO_PACKAGE = "emoji-datasource-google"
 DEMO_VERSION = "16.0.0"
@@ -39,6 +42,7 @@ RESERVED_COLUMNS = frozenset(
     | {"bytes", "width", "height", "cache", "phash", "mode", "dup_group", "split", "fold"}
 )
 MAX_NAME = 120
+MAX_NAME_BYTES = 200
 # The two tables collect keeps in data/ beside the images (see tasks/collect.py).
 LABELS_FILE = "labels.csv"
 SOURCES_FILE = "sources.csv"
@@ -78,7 +82,7 @@ def safe_label(label: str) -> str:
     A label with no usable ASCII characters ('猫') becomes label_<hash>, so two
     such labels never share a folder; data/labels.csv keeps the original.
     """
-    text = str(label).strip()
+    text = printable(str(label)).strip()
     if not text:
         raise ValueError("empty label")
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
@@ -89,13 +93,19 @@ def safe_label(label: str) -> str:
 
 
 def safe_name(name: str) -> str:
-    """A file name that is safe in any folder: no separators or control characters, no
-    leading dot (hidden files are ignored), bounded length; other characters are kept."""
-    cleaned = re.sub(r"[/\\\x00-\x1f\x7f]+", "_", name).strip().lstrip(".") or "file"
-    if len(cleaned) > MAX_NAME:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    """A file name that is safe in any folder and on any file system: valid UTF-8 (other bytes
+    become \\xNN escapes, then '_xNN'), NFC-normalised (macOS would fold an NFD twin onto it),
+    no separators or control characters, no leading dot (hidden files are ignored), at most
+    MAX_NAME characters and MAX_NAME_BYTES bytes (file systems allow 255 bytes, and the temp
+    file of an atomic write adds 14); a shortened name ends in a hash of the whole one."""
+    text = unicodedata.normalize("NFC", printable(name))
+    cleaned = re.sub(r"[/\\\x00-\x1f\x7f]+", "_", text).strip().lstrip(".") or "file"
+    if len(cleaned) > MAX_NAME or len(cleaned.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
         suffix = Path(cleaned).suffix if len(Path(cleaned).suffix) <= 10 else ""
-        cleaned = f"{cleaned[: MAX_NAME - 22]}_{digest}{suffix}"
+        room = MAX_NAME_BYTES - 11 - len(suffix.encode())
+        head = cleaned[: MAX_NAME - 22].encode()[:room].decode(errors="ignore")
+        cleaned = f"{head}_{digest}{suffix}"
     return cleaned
 
 
@@ -103,6 +113,11 @@ def url_name(url: str) -> str:
     """data/ file name for a URL: a short hash of the URL (unique) + its last path segment."""
     tail = PurePosixPath(unquote(urlsplit(url).path)).name or "image"
     return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}_{safe_name(tail)}"
+
+
+def encoded_url(url: str) -> str:
+    """A URL as ASCII: bytes that are not UTF-8 (a mis-encoded list) are percent-encoded."""
+    return quote(url.encode("utf-8", "surrogateescape"), safe="".join(map(chr, range(33, 127))))
 
 
 def check_url(url: str) -> Refusal | None:
@@ -117,25 +132,37 @@ def inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def resolve_within(raw: str, root: Path) -> tuple[Path | None, Refusal | None]:
-    """The file a manifest entry names (as written, normalised), if it stays inside `root`.
+def resolve_within(
+    raw: str, root: Path, max_bytes: int | None = None
+) -> tuple[tuple[Path, Path] | None, Refusal | None]:
+    """(the path as written, normalised; the real file) of an entry that stays inside `root`.
 
     `../`, absolute paths outside the root, and symlinks whose target is outside
-    the root are refused; relative paths resolve against the root.
+    the root are refused; relative paths resolve against the root. The target
+    must be a regular file of at most `max_bytes`, which stat tells without
+    opening it (a FIFO is never opened, a huge file never read).
     """
+    shown = printable(raw)
     given = Path(raw)
     candidate = given if given.is_absolute() else root / given
     lexical = Path(os.path.normpath(candidate))
     if not inside(lexical, root):
-        return None, Refusal(raw, "path_escape", f"resolves outside {root}")
-    real = lexical.resolve()
+        return None, Refusal(shown, "path_escape", f"resolves outside {printable(str(root))}")
+    try:
+        real = lexical.resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        return None, Refusal(shown, "unreadable", f"cannot resolve it: {exc}")
     if not inside(real, root):
-        return None, Refusal(raw, "symlink_escape", f"a symlink points outside {root} (to {real})")
-    if not real.exists():
-        return None, Refusal(raw, "missing", "no such file")
-    if not real.is_file():
-        return None, Refusal(raw, "not_a_file", "not a regular file")
-    return lexical, None
+        return None, Refusal(
+            shown,
+            "symlink_escape",
+            f"a symlink points outside {printable(str(root))} (to {printable(str(real))})",
+        )
+    try:
+        regular_size(real, max_bytes)
+    except FileRefused as exc:
+        return None, Refusal(shown, exc.reason, exc.detail)
+    return (lexical, real), None
 
 
 def demo_items(
@@ -167,96 +194,164 @@ def demo_items(
     ]
 
 
-def folder_items(root: Path) -> tuple[list[SourceItem], list[Refusal]]:
-    """Items of an ImageFolder tree root/<label>/…/<file>; links leaving the root are refused."""
+def folder_items(
+    root: Path, max_bytes: int | None = None
+) -> tuple[list[SourceItem], list[Refusal]]:
+    """Items of an ImageFolder tree root/<label>/…/<file>; links leaving the root are refused.
+
+    Every entry ends as an item or a refusal with a reason (hidden ones are skipped):
+    one entry that cannot be read never stops the others.
+    """
     if not root.is_dir():
-        raise SourceError(f"{root} is not a folder")
+        raise SourceError(f"{printable(str(root))} is not a folder")
     root = root.resolve()
     items: list[SourceItem] = []
     refused: list[Refusal] = []
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if label_dir.is_symlink() and not inside(label_dir.resolve(), root):
-            refused.append(Refusal(str(label_dir), "symlink_escape", "links outside the folder"))
+
+    def refuse(path: Path | str, reason: str, detail: str) -> None:
+        refused.append(Refusal(printable(str(path)), reason, detail))
+
+    def escapes(path: Path) -> bool:
+        try:
+            return not inside(path.resolve(), root)
+        except (RuntimeError, OSError):  # a loop: os.walk does not enter it either
+            return False
+
+    labels: list[Path] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
             continue
-        for folder, dirs, files in os.walk(label_dir):
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            refuse(path, "no_label", "not inside a <label>/ sub-folder")
+        elif entry.is_symlink() and escapes(path):
+            refuse(path, "symlink_escape", "links outside the folder")
+        else:
+            labels.append(path)
+
+    for label_dir in labels:
+        label = printable(label_dir.name)
+
+        def unreadable(exc: OSError) -> None:
+            refuse(exc.filename, "unreadable", f"cannot list the folder: {exc.strerror}")
+
+        for folder, dirs, files in os.walk(label_dir, onerror=unreadable):
             here = Path(folder)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for d in dirs:  # os.walk does not enter linked folders; say so when one leaves
-                if (here / d).is_symlink() and not inside((here / d).resolve(), root):
-                    refused.append(
-                        Refusal(str(here / d), "symlink_escape", "links outside the folder")
+            for d in dirs:  # os.walk does not enter linked folders: say so
+                if not (here / d).is_symlink():
+                    continue
+                if escapes(here / d):
+                    refuse(here / d, "symlink_escape", "links outside the folder")
+                else:
+                    refuse(
+                        here / d, "not_a_file", "a link to a folder inside the tree: not followed"
                     )
             for name in sorted(f for f in files if not f.startswith(".")):
                 path = here / name
-                found, refusal = resolve_within(str(path), root)
+                found, refusal = resolve_within(str(path), root, max_bytes)
                 if refusal:
                     refused.append(refusal)
                     continue
                 rel = path.relative_to(label_dir).as_posix().replace("/", "__")
                 items.append(
                     SourceItem(
-                        label=label_dir.name, name=safe_name(rel), origin=str(path), path=found
+                        label=label,
+                        name=safe_name(rel),
+                        origin=printable(str(path)),
+                        path=found[1],  # type: ignore[index]
                     )
                 )
     if not items and not refused:
-        raise SourceError(f"{root} holds no files in <label>/<file> sub-folders")
+        raise SourceError(f"{printable(str(root))} holds no files in <label>/<file> sub-folders")
     return items, refused
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or parquet manifest as strings (missing cells are '')."""
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV or parquet manifest's columns and rows of Python strings (missing cells are '').
+
+    Bytes that are not UTF-8 are kept as Python keeps them in file names
+    (surrogateescape), so a path cell still names its file; other cells are
+    made printable by the caller.
+    """
     if not path.is_file():
-        raise SourceError(f"{path}: file not found")
+        raise SourceError(f"{printable(str(path))}: file not found")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            frame = pd.read_csv(
+                path,
+                dtype=object,  # pandas' own string type cannot hold those bytes
+                keep_default_na=False,
+                skipinitialspace=True,
+                encoding_errors="surrogateescape",
+            )
     except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
-        raise SourceError(f"{path}: cannot read it as CSV/parquet: {exc}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame.astype(object).where(frame.notna(), "").astype(str)
+        raise SourceError(f"{printable(str(path))}: cannot read it as CSV/parquet: {exc}") from exc
+    columns = [printable(str(c)).strip() for c in frame.columns]
+
+    def cell(value: object) -> str:
+        if isinstance(value, bytes):  # a binary parquet column: bytes as file names hold them
+            return os.fsdecode(value)
+        missing = value is None or value is pd.NA or value is pd.NaT
+        return "" if missing or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    # plain Python rows: pandas' string columns would re-encode, and fail on those bytes
+    rows = [
+        dict(zip(columns, map(cell, values), strict=True))
+        for values in frame.itertuples(index=False)
+    ]
+    return columns, rows
 
 
-def manifest_items(path: Path) -> tuple[list[SourceItem], list[Refusal]]:
+def manifest_items(
+    path: Path, max_bytes: int | None = None
+) -> tuple[list[SourceItem], list[Refusal]]:
     """Rows of a manifest with `label` and `path` and/or `url`; other columns ride along.
 
     Relative paths resolve against the manifest's folder, which is also the root
     that no path may leave.
     """
-    frame = read_table(path)
-    columns = set(frame.columns)
+    names, rows = read_table(path)
+    shown = printable(str(path))
+    columns = set(names)
     if "label" not in columns or not columns & {"path", "url"}:
         raise SourceError(
-            f"{path}: needs a 'label' column and a 'path' or 'url' column "
-            f"(found: {', '.join(frame.columns) or 'none'})"
+            f"{shown}: needs a 'label' column and a 'path' or 'url' column "
+            f"(found: {', '.join(names) or 'none'})"
         )
-    extra_cols = [c for c in frame.columns if c not in ("path", "url", "label")]
+    extra_cols = [c for c in names if c not in ("path", "url", "label")]
     clashing = [c for c in extra_cols if c in RESERVED_COLUMNS or not c]
     if clashing:
-        raise SourceError(f"{path}: column name(s) {clashing} are reserved by visiontune: rename")
+        raise SourceError(f"{shown}: column name(s) {clashing} are reserved by visiontune: rename")
     root = path.resolve().parent
     items: list[SourceItem] = []
     refused: list[Refusal] = []
-    for row in frame.to_dict(orient="records"):
+    for row in rows:
         where = (row.get("path") or "").strip()
-        url = (row.get("url") or "").strip()
-        label = row["label"].strip()
-        extra = tuple((c, row[c]) for c in extra_cols)
+        url = encoded_url((row.get("url") or "").strip())
+        label = printable(row["label"]).strip()
+        extra = tuple((c, printable(row[c])) for c in extra_cols)
         if not where and not url:
-            refused.append(Refusal(f"{path} row", "missing", "neither path nor url is set"))
+            refused.append(Refusal(f"{shown} row", "missing", "neither path nor url is set"))
             continue
-        source = where or url
+        source = printable(where) or url
         if not label:
             refused.append(Refusal(source, "no_label", "the label cell is empty"))
             continue
         if where:
-            found, refusal = resolve_within(where, root)
+            found, refusal = resolve_within(where, root, max_bytes)
             if refusal:
                 refused.append(refusal)
                 continue
-            rel = found.relative_to(root).as_posix().replace("/", "__")  # type: ignore[union-attr]
-            items.append(SourceItem(label, safe_name(rel), source, path=found, extra=extra))
+            lexical, real = found  # type: ignore[misc]
+            rel = lexical.relative_to(root).as_posix().replace("/", "__")
+            items.append(SourceItem(label, safe_name(rel), source, path=real, extra=extra))
         else:
             refusal = check_url(url)
             if refusal:
@@ -269,15 +364,16 @@ def manifest_items(path: Path) -> tuple[list[SourceItem], list[Refusal]]:
 def url_list_items(path: Path, default_label: str = "") -> tuple[list[SourceItem], list[Refusal]]:
     """A text file of `URL [LABEL]` lines ('#' comments, blank lines skipped)."""
     if not path.is_file():
-        raise SourceError(f"{path}: file not found")
+        raise SourceError(f"{printable(str(path))}: file not found")
     items: list[SourceItem] = []
     refused: list[Refusal] = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="surrogateescape").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         url, *rest = re.split(r"\s+", line, maxsplit=1)
-        label = rest[0].strip() if rest else default_label
+        url = encoded_url(url)
+        label = printable(rest[0]).strip() if rest else default_label
         refusal = check_url(url)
         if refusal:
             refused.append(refusal)

@@ -136,11 +136,6 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
     return SplitPlan(out, messages)
 
 
-def assign_splits(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
-    """The manifest with a `split` column (and `fold`); fails if a class gets no training image."""
-    return plan_splits(manifest, params).frame
-
-
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     counts = pd.crosstab(split["label"], split["split"]).reindex(columns=SPLITS, fill_value=0)
     counts["total"] = counts.sum(axis=1)

@@ -20,7 +20,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,24 +33,24 @@ from torch import nn
 from params import CleanParams, TrainParams
 from tasks import distributed
 from tasks.balance import BalancePlan
-from tasks.checkpoint import load_checkpoint, load_torch, rng_state, save_torch, set_rng_state
+from tasks.checkpoint import CheckpointSaver, load_checkpoint, rng_state, set_rng_state
 from tasks.dataset import CachedImages, default_workers, make_loader
 from tasks.ema import make_ema
+from tasks.inference import MODEL, autocast, load_model, model_payload, predict_logits
 from tasks.model import Classifier, build_classifier, pick_device
 from tasks.optim import make_optimizer, make_scheduler, param_groups, trainable_stages
 
 CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
-MODEL_FORMAT = 2
 # params that change speed, not results: a checkpoint is resumed across them
 SPEED_ONLY = {"num_workers", "compile"}
 
-__all__ = [
+__all__ = [  # load_model, predict_logits and MODEL live in tasks.inference
     "CHECKPOINT",
     "MODEL",
     "EpochMetrics",
     "FitResult",
     "TrainData",
+    "TrainState",
     "fit",
     "load_checkpoint",
     "load_model",
@@ -140,81 +139,16 @@ def amp_dtype(params: TrainParams, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None = None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def uses_channels_last(params: TrainParams, device: torch.device) -> bool:
     return params.channels_last == "on" or (
         params.channels_last == "auto" and device.type == "cuda"
     )
 
 
-@torch.no_grad()
-def predict_logits(
-    net: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-    tta: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) for a whole loader, in loader order.
-
-    With `tta`, the logits are log-mean-probabilities of the image and its mirror.
-    """
-    net.eval()
-    outs, targets = [], []
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits = net(images).float()
-            if tta:
-                mirrored = net(torch.flip(images, dims=[3])).float()
-                probs = (logits.softmax(1) + mirrored.softmax(1)) / 2
-                logits = probs.clamp_min(1e-12).log()
-        outs.append(logits.cpu())
-        targets.append(labels)
-    if not outs:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.cat(outs), torch.cat(targets)
-
-
-def model_payload(state_dict: dict, clf: Classifier, params: TrainParams, data: TrainData) -> dict:
-    """What prediction needs without the params: weights, classes, preprocessing."""
-    return {
-        "format": MODEL_FORMAT,
-        "arch": clf.arch or params.model,  # rebuildable offline (an hf-hub model: its timm arch)
-        "arch_args": clf.arch_args,
-        "model": params.model,
-        "classes": data.classes,
-        "image_size": data.image_size,
-        "mean": list(clf.mean),
-        "std": list(clf.std),
-        "dropout": params.dropout,
-        # the eval pipeline (A.to_dict) and the clean stage's decoding: raw image → tensor
-        "eval_pipeline": json.dumps(A.to_dict(data.eval_pipeline)),
-        "clean": data.clean.model_dump_json(),
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-    }
-
-
 def run_fingerprint(params: TrainParams, data: TrainData) -> str:
     """Same params and same data → same run; only then is a checkpoint resumed."""
     key = params.model_dump_json(exclude=SPEED_ONLY) + data.fingerprint()
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _better(
-    value: float, best: float, monitor: str, min_delta: float, loss: float, best_loss: float
-) -> bool:
-    """Improved by more than min_delta; an accuracy tie is broken by the lower loss."""
-    if not math.isfinite(best):
-        return True
-    if monitor.endswith("accuracy"):
-        return value > best + min_delta or (min_delta == 0 and value == best and loss < best_loss)
-    return value < best - min_delta
 
 
 def _mixer(params: TrainParams, num_classes: int) -> Callable | None:
@@ -367,39 +301,81 @@ def train_epoch(
     return EpochTotals(loss_value, correct_value, seen, time.perf_counter() - started, wait)
 
 
-def fit(
+@dataclass
+class TrainState:
+    """Everything a resumed run continues from, saved and loaded like a torch module."""
+
+    steps: Steps
+    history: list[EpochMetrics] = field(default_factory=list)
+    epoch: int = -1  # the last finished epoch
+
+    def state_dict(self) -> dict:
+        s = self.steps
+        assert s.scaler is not None
+        return {
+            "epoch": self.epoch,
+            "model": s.net.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "ema": s.ema.state_dict() if s.ema is not None else None,
+            "rng": rng_state(),
+            "history": json.dumps([asdict(m) for m in self.history]),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        s = self.steps
+        assert s.scaler is not None
+        s.net.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.scheduler.load_state_dict(state["scheduler"])
+        s.scaler.load_state_dict(state["scaler"])
+        if s.ema is not None and state.get("ema") is not None:
+            s.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        self.history = [EpochMetrics(**m) for m in json.loads(state["history"])]
+        self.epoch = state["epoch"]
+
+
+@dataclass
+class Run:
+    """What fit builds once: device and ranks, the network, the loaders, the step's parts."""
+
+    clf: Classifier
+    ranks: distributed.Ranks
+    train_set: CachedImages
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    sampler: object
+    generator: torch.Generator
+    steps: Steps
+    wrapped: _Wrapped
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and kept: the EMA when there is one."""
+        return self.steps.ema.module if self.steps.ema is not None else self.steps.net
+
+
+def build_run(
     params: TrainParams,
     data: TrainData,
-    out_dir: Path | None = None,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
-    show_progress: bool = True,
-    *,
-    on_step: Callable[[int, int], None] | None = None,
-    val_part: pd.DataFrame | None = None,
-    train_part: pd.DataFrame | None = None,
-) -> FitResult:
-    """Train; with `out_dir`, checkpoint every epoch, resume, and keep the best model.
-
-    `train_part`/`val_part` override the split's train/val rows (cross-validation folds).
-    `on_step(epoch, step)` is called after every optimizer step.
-    """
-    seed_everything(params.seed)
+    train_rows: pd.DataFrame | None = None,
+    val_rows: pd.DataFrame | None = None,
+) -> Run:
+    """Device (and DDP rank), classifier, seeded loaders and the optimisation step."""
     device = pick_device(params.device)
     ranks = distributed.init(device)
     if ranks.distributed and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
-    main = ranks.is_main
     classes = data.classes
     clf = build_classifier(params.model, params.weights, len(classes), params.dropout)
-    net = clf.net.to(device)
-    channels_last = uses_channels_last(params, device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(params, device)
+    clf.net.to(device)
+    if uses_channels_last(params, device):
+        clf.net.to(memory_format=torch.channels_last)
     workers = default_workers(device) if params.num_workers == "auto" else params.num_workers
-
-    train_rows = data.part("train") if train_part is None else train_part
-    val_rows = data.part("val") if val_part is None else val_part
+    train_rows = data.part("train") if train_rows is None else train_rows
+    val_rows = data.part("val") if val_rows is None else val_rows
     train_set = CachedImages(train_rows, data.clean_dir, data.train_pipeline, classes, params.seed)
     val_set = CachedImages(val_rows, data.clean_dir, data.eval_pipeline, classes)
     generator = torch.Generator()
@@ -421,141 +397,138 @@ def fit(
         drop_last=len(train_set) > params.batch_size * ranks.world_size,
     )
     val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed)
-
     steps = make_steps(
         clf, params, device, max(1, len(train_loader)), data.balance.loss_weight(classes)
     )
-    optimizer, scheduler, scaler, ema = steps.optimizer, steps.scheduler, steps.scaler, steps.ema
-    plain_criterion = nn.CrossEntropyLoss()
-    wrapped = _Wrapped(net, params, ranks, device)
-    n_stages = len(clf.stages)
+    wrapped = _Wrapped(clf.net, params, ranks, device)
+    return Run(clf, ranks, train_set, train_loader, val_loader, sampler, generator, steps, wrapped)
 
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> tuple[float | None, float | None]:
+    """(loss, accuracy) on a validation loader; (None, None) when it is empty."""
+    if not len(loader.dataset):  # type: ignore[arg-type]
+        return None, None
+    logits, targets = predict_logits(net, loader, device, dtype)
+    loss = nn.functional.cross_entropy(logits, targets).item()
+    return loss, (logits.argmax(1) == targets).float().mean().item()
+
+
+def run_epoch(
+    run: Run,
+    params: TrainParams,
+    epoch: int,
+    show_progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> EpochMetrics:
+    """Train one epoch (the recipe's stages for it, seeded by (seed, epoch)), then validate."""
+    steps, n_stages = run.steps, len(run.clf.stages)
+    n_trainable = trainable_stages(params, epoch, n_stages)
+    steps.net.train()
+    run.clf.set_trainable_stages(n_trainable, params.batchnorm)
+    model = run.wrapped.for_stages(n_trainable)
+    run.generator.manual_seed(epoch_seed(params.seed, epoch) + run.ranks.rank)
+    run.train_set.reseed(epoch_seed(params.seed, epoch) + run.ranks.rank)
+    if hasattr(run.sampler, "set_epoch"):
+        run.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    label = f"epoch {epoch + 1}/{params.epochs}" + (
+        " (head only)" if n_trainable == 0 else f" ({n_trainable}/{n_stages} stages)"
+    )
+    with Progress(transient=True, disable=not (show_progress and run.ranks.is_main)) as progress:
+        bar = progress.add_task(label, total=len(run.train_loader))
+
+        def after_step(step: int) -> None:
+            progress.advance(bar)
+            if on_step:
+                on_step(epoch, step)
+
+        totals = train_epoch(steps, model, run.train_loader, after_step)
+    loss, correct, seen = distributed.all_reduce_sum(
+        [totals.loss, totals.correct, totals.seen], steps.device
+    )
+    val_loss, val_acc = evaluate(run.evaluated, run.val_loader, steps.device, steps.dtype)
+    return EpochMetrics(
+        epoch=epoch,
+        frozen=n_trainable == 0,
+        trainable_stages=n_trainable,
+        lr=steps.optimizer.param_groups[0]["lr"],
+        train_loss=loss / max(seen, 1),
+        train_accuracy=correct / max(seen, 1),
+        val_loss=val_loss,
+        val_accuracy=val_acc,
+        data_wait=totals.data_wait / max(totals.seconds, 1e-9),
+        images_per_s=totals.seen / max(totals.seconds, 1e-9),
+        seconds=totals.seconds,
+    )
+
+
+def monitored(metrics: EpochMetrics, monitor: str) -> tuple[float, float]:
+    """(score, tie-breaking loss); without validation images, the training metric."""
+    score = getattr(metrics, monitor)
+    if score is None:
+        score = getattr(metrics, monitor.replace("val_", "train_"))
+    loss = metrics.val_loss if metrics.val_loss is not None else metrics.train_loss
+    return score, loss
+
+
+def fit(
+    params: TrainParams,
+    data: TrainData,
+    out_dir: Path | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    show_progress: bool = True,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+    val_part: pd.DataFrame | None = None,
+    train_part: pd.DataFrame | None = None,
+) -> FitResult:
+    """Train; with `out_dir`, checkpoint every epoch, resume, and keep the best model.
+
+    `train_part`/`val_part` override the split's train/val rows (cross-validation folds).
+    `on_step(epoch, step)` is called after every optimizer step.
+    """
+    seed_everything(params.seed)
+    run = build_run(params, data, train_part, val_part)
+    state = TrainState(run.steps)
+    saver = CheckpointSaver(
+        params.monitor,
+        params.min_delta,
+        params.patience,
+        checkpoint=out_dir / CHECKPOINT if out_dir else None,
+        model=out_dir / MODEL if out_dir else None,
+        fingerprint=run_fingerprint(params, data),
+        writes=run.ranks.is_main,
+    )
     result = FitResult(monitor=params.monitor)
-    start_epoch, bad_epochs = 0, 0
-    fingerprint = run_fingerprint(params, data)
-    ckpt_path = out_dir / CHECKPOINT if out_dir else None
-    if ckpt_path:
-        state = load_checkpoint(ckpt_path, fingerprint)
-        if state is not None:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None and state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            set_rng_state(state["rng"])
-            result.history = [EpochMetrics(**m) for m in json.loads(state["history"])]
-            result.best_epoch = state["best_epoch"]
-            result.best_score = state["best_score"]
-            result.best_loss = state["best_loss"]
-            bad_epochs = state["bad_epochs"]
-            start_epoch = state["epoch"] + 1
-            result.resumed_from = start_epoch
+    if (saved := saver.resume()) is not None:
+        state.load_state_dict(saved)
+        result.resumed_from = state.epoch + 1
 
-    for epoch in range(start_epoch, params.epochs):
-        n_trainable = trainable_stages(params, epoch, n_stages)
-        net.train()
-        clf.set_trainable_stages(n_trainable, params.batchnorm)
-        model = wrapped.for_stages(n_trainable)
-        generator.manual_seed(epoch_seed(params.seed, epoch) + ranks.rank)
-        train_set.reseed(epoch_seed(params.seed, epoch) + ranks.rank)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        frozen = n_trainable == 0
-        label = f"epoch {epoch + 1}/{params.epochs}" + (
-            " (head only)" if frozen else f" ({n_trainable}/{n_stages} stages)"
+    for epoch in range(state.epoch + 1, params.epochs):
+        metrics = run_epoch(run, params, epoch, show_progress, on_step)
+        state.history.append(metrics)
+        state.epoch = epoch
+        improved = saver.update(*monitored(metrics, params.monitor), epoch)
+        finished = saver.stop or epoch + 1 == params.epochs
+        saver.save(
+            improved,
+            model=lambda e=epoch: (
+                model_payload(run.evaluated.state_dict(), run.clf, params, data) | {"epoch": e}
+            ),
+            state=lambda f=finished: state.state_dict() | {"finished": f},
         )
-        with Progress(transient=True, disable=not (show_progress and main)) as progress:
-            bar = progress.add_task(label, total=len(train_loader))
-
-            def after_step(step: int, _epoch: int = epoch, _bar=bar, _progress=progress) -> None:
-                _progress.advance(_bar)
-                if on_step:
-                    on_step(_epoch, step)
-
-            totals = train_epoch(steps, model, train_loader, after_step)
-        total_loss, correct, seen = distributed.all_reduce_sum(
-            [totals.loss, totals.correct, totals.seen], device
-        )
-        val_loss = val_acc = None
-        evaluated = ema.module if ema is not None else net
-        if len(val_set):
-            logits, val_targets = predict_logits(evaluated, val_loader, device, dtype)
-            val_loss = plain_criterion(logits, val_targets).item()
-            val_acc = (logits.argmax(1) == val_targets).float().mean().item()
-        metrics = EpochMetrics(
-            epoch=epoch,
-            frozen=frozen,
-            trainable_stages=n_trainable,
-            lr=optimizer.param_groups[0]["lr"],
-            train_loss=total_loss / max(seen, 1),
-            train_accuracy=correct / max(seen, 1),
-            val_loss=val_loss,
-            val_accuracy=val_acc,
-            data_wait=totals.data_wait / max(totals.seconds, 1e-9),
-            images_per_s=totals.seen / max(totals.seconds, 1e-9),
-            seconds=totals.seconds,
-        )
-        result.history.append(metrics)
-        monitored = getattr(metrics, params.monitor)
-        if monitored is None:  # no validation images: fall back to the training metric
-            monitored = getattr(metrics, params.monitor.replace("val_", "train_"))
-        tie_loss = metrics.val_loss if metrics.val_loss is not None else metrics.train_loss
-        if _better(
-            monitored,
-            result.best_score,
-            params.monitor,
-            params.min_delta,
-            tie_loss,
-            result.best_loss,
-        ):
-            result.best_score, result.best_loss, result.best_epoch = monitored, tie_loss, epoch
-            bad_epochs = 0
-            if out_dir and main:
-                payload = model_payload(evaluated.state_dict(), clf, params, data)
-                save_torch(payload | {"epoch": epoch}, out_dir / MODEL)
-        else:
-            bad_epochs += 1
-        stop = bad_epochs >= params.patience
-        if ckpt_path and main:
-            save_torch(
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "rng": rng_state(),
-                    "history": json.dumps([asdict(m) for m in result.history]),
-                    "best_epoch": result.best_epoch,
-                    "best_score": result.best_score,
-                    "best_loss": result.best_loss,
-                    "bad_epochs": bad_epochs,
-                    "finished": stop or epoch + 1 == params.epochs,
-                },
-                ckpt_path,
-            )
         distributed.barrier()
-        if on_epoch and main:
+        if on_epoch and run.ranks.is_main:
             on_epoch(metrics)
-        if stop:
+        if saver.stop:
             result.stopped_early = True
             break
+    result.history = state.history
+    result.best_epoch, result.best_score = saver.best_epoch, saver.best_score
+    result.best_loss = saver.best_loss
     return result
-
-
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The trained network and its metadata from a model.pt (never unpickles objects)."""
-    payload = load_torch(path, device)
-    clf = build_classifier(
-        payload["arch"],
-        "none",
-        len(payload["classes"]),
-        payload["dropout"],
-        arch_args=payload.get("arch_args"),
-    )
-    clf.net.load_state_dict(payload["state_dict"])
-    clf.net.to(device).eval()
-    return clf.net, payload

@@ -3,6 +3,9 @@
 Prefect reads its settings when it is imported, so PREFECT_HOME and
 PREFECT_API_URL are set here, before any test module imports it. The server
 itself starts only when a test asks for the `prefect_server` fixture.
+
+Every process the tests start carries this session's tag (tests/orphans.py), so the next
+session stops what a killed one left running.
 """
 
 from __future__ import annotations
@@ -23,13 +26,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from flows.environment import QUIET_OFFLINE
 from flows.project import Project
 from flows.server import free_port, start_server, stop_server
+from tests.orphans import OWNER, PREFIX, TAG, reap_orphans, session_tag
 
-_ROOT = Path(tempfile.mkdtemp(prefix="visiontune-tests-"))
+_ROOT = Path(tempfile.mkdtemp(prefix=PREFIX))
+os.environ[TAG] = session_tag()
+(_ROOT / OWNER).write_text(os.environ[TAG])
 _PROJECT = Project(_ROOT)
+SERVER_PROJECT = _PROJECT  # where the session server keeps its database and server.log
 _PORT = free_port(0)
 for _key, _value in QUIET_OFFLINE.items():
     os.environ.setdefault(_key, _value)
 os.environ["PREFECT_HOME"] = str(_PROJECT.prefect_home)
+# The test server's scheduler loops every 2 s (default 60) and picks up new deployments
+# within 1 s (default 5), so a test can wait for a cron-created run.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "2")
+os.environ.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS", "1")
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ.setdefault("VISIONTUNE_CACHE", str(Path.home() / ".cache" / "visiontune"))
 
@@ -40,6 +51,10 @@ REPO = Path(__file__).resolve().parent.parent
 # that invoke's streams, closed once it returns, and every later in-process command would fail.
 import dvc.repo  # noqa: E402, F401
 import prefect.main  # noqa: E402, F401
+
+
+def pytest_sessionstart(session):
+    reap_orphans()  # servers and temp folders of test sessions that were killed
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import random
 import shutil
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from tasks.clean import (
     class_table,
     clean_dataset,
     clean_images,
+    hash_files,
     imbalance_warning,
     list_raw_images,
     write_manifest,
@@ -23,12 +25,15 @@ from tasks.decode import RejectedImage, decode
 from tasks.duplicates import near_duplicate_components
 from tests.images import (
     CLASSES,
+    fifo_watch,
+    hostile_images,
     image_bytes,
     rotated_jpeg_bytes,
     shape_image,
     write_bad_corpus,
     write_convertible_modes,
     write_image_folder,
+    write_unreadable_entries,
 )
 
 BAD_CORPUS_PARAMS = CleanParams(
@@ -39,11 +44,13 @@ BAD_CORPUS_PARAMS = CleanParams(
 def test_every_rejection_reason_is_recorded_and_nothing_crashes(tmp_path):
     data = tmp_path / "data"
     good = write_image_folder(data, per_class=4)
-    expected = write_bad_corpus(data)
+    expected = write_bad_corpus(data) | write_unreadable_entries(data)
     assert set(expected.values()) == set(REASONS)  # the corpus covers every reason
 
     out = tmp_path / "clean"
-    records, rejected = clean_images.fn(data, out, BAD_CORPUS_PARAMS)
+    with fifo_watch(data) as opened:  # a FIFO opened for reading would block clean forever
+        records, rejected = clean_images.fn(data, out, BAD_CORPUS_PARAMS)
+    assert opened == []
     manifest = write_manifest.fn(records, rejected, out)
 
     assert {r.path: r.reason for r in rejected} == expected
@@ -259,3 +266,57 @@ def test_clean_one_gives_the_cached_pixels(tmp_path):
     with pytest.raises(RejectedImage) as err:
         clean_one(image_bytes(Image.new("RGB", (4, 4))), params)
     assert err.value.reason == "too_small"
+
+
+def test_formats_and_modes_pillow_half_supports(tmp_path):
+    """Multi-frame files give their first frame (red); the rest is kept or has a reason."""
+    for name, (raw, reason) in hostile_images().items():
+        try:
+            decoded = decode(raw, (255, 255, 255), CleanParams().max_pixels)
+        except RejectedImage as exc:
+            assert (name, exc.reason) == (name, reason)
+            assert exc.detail
+            continue
+        assert (name, "") == (name, reason)
+        assert decoded.image.mode == "RGB"
+        if name.startswith(("anim.", "pages.")):
+            red, green, blue = decoded.image.getpixel((12, 12))
+            assert red > 200 and green < 40 and blue < 40, name
+
+
+def test_hashing_streams_a_large_file(tmp_path):
+    """A big file is hashed in chunks: memory stays far below its size."""
+    import tracemalloc
+
+    data = tmp_path / "data"
+    (data / "circle").mkdir(parents=True)
+    with (data / "circle" / "big.bin").open("wb") as fh:
+        fh.truncate(64 * 2**20)  # sparse: 64 MiB of zeros that cost no disk
+    tracemalloc.start()
+    try:
+        digests, rejected = hash_files(data, ["circle/big.bin"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rejected == []
+    assert digests["circle/big.bin"] == (hashlib.sha256(bytes(64 * 2**20)).hexdigest(), 64 * 2**20)
+    assert peak < 8 * 2**20
+
+
+def test_files_that_vanish_or_change_kind_before_hashing(tmp_path):
+    """data/ changing while clean runs: what was listed but is gone or no longer a file
+    is rejected with a reason, the rest is cleaned."""
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=3, classes=("circle",))
+    listed = [rel for rel, _ in list_raw_images(data)]
+    (data / listed[0]).unlink()
+    (data / listed[1]).unlink()
+    os.mkfifo(data / listed[1])
+    with fifo_watch(data) as opened:
+        digests, rejected = hash_files(data, listed)
+    assert opened == []
+    assert [(r.path, r.reason) for r in rejected] == [
+        (listed[0], "missing"),
+        (listed[1], "not_a_file"),
+    ]
+    assert list(digests) == [listed[2]]

@@ -1,6 +1,8 @@
 import contextlib
 import hashlib
+import os
 import random
+import unicodedata
 
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from typer.testing import CliRunner
 
 from flows import cli
 from flows.cli import app
+from tasks.files import printable
 from tasks.sources import (
     RESERVED_COLUMNS,
     SourceError,
@@ -18,7 +21,14 @@ from tasks.sources import (
 )
 from tests.conftest import REPO
 from tests.http_server import GOOD_JPEG, GOOD_PNG, TRICKLE_PNG, ImageServer
-from tests.images import image_bytes, shape_image, write_image_folder
+from tests.images import (
+    Expect,
+    fifo_watch,
+    image_bytes,
+    shape_image,
+    write_hostile_tree,
+    write_image_folder,
+)
 from tests.processes import kill_when, start
 from tests.project import make_project
 
@@ -325,3 +335,162 @@ def test_entries_landing_on_one_file_are_refused_not_overwritten(tmp_path):
     kept, refused = unique_destinations([first, repeat, clash, other])
     assert kept == [first, other]
     assert [(r.source, r.reason) for r in refused] == [("/src/cat/a__b.png", "name_clash")]
+
+
+def _sources(project) -> pd.DataFrame:
+    return pd.read_csv(project / "data" / "sources.csv", dtype=str, keep_default_na=False)
+
+
+def _check_collected(project, expect: dict, refusals: dict[str, str]) -> pd.DataFrame:
+    """Refused entries have their reasons, the rest is in data/ (exactly it, byte for byte)."""
+    assert refusals == {src: e.refused for src, e in expect.items() if e.refused}
+    sources = _sources(project)
+    assert sorted(sources["source"]) == sorted(src for src, e in expect.items() if not e.refused)
+    assert _data_files(project) == set(sources["path"]) | {"labels.csv", "sources.csv"}
+    for row in sources.itertuples():
+        assert _sha((project / "data" / row.path).read_bytes()) == row.sha256
+        assert len(row.path.rsplit("/", 1)[-1].encode()) <= 200
+    return sources
+
+
+def _clean_outcomes(project, sources: pd.DataFrame) -> dict[str, str]:
+    """`visiontune stage clean` in PROJECT; {source: rejection reason or ""}."""
+    with contextlib.chdir(project):
+        result = CliRunner().invoke(app, ["stage", "clean"])
+    assert result.exit_code == 0, f"{result.output[-4000:]}\n{result.exception!r}"
+    rejected = pd.read_csv(project / "artifacts" / "clean" / "rejected.csv", dtype=str)
+    reason_of = dict(zip(rejected["path"], rejected["reason"], strict=True))
+    kept = set(pd.read_parquet(project / "artifacts" / "clean" / "manifest.parquet")["path"])
+    assert kept | set(reason_of) == set(sources["path"])  # every collected file has an outcome
+    return {row.source: reason_of.get(row.path, "") for row in sources.itertuples()}
+
+
+def test_folder_collect_and_clean_survive_the_hostile_corpus(tmp_path, prefect_server):
+    """Special files, bad names, huge and empty files, half-supported formats: each one ends
+    collected or refused with a reason, no FIFO is opened, and clean takes what was collected."""
+    source = tmp_path / "source"
+    expect = {printable(str(p)): e for p, e in write_hostile_tree(source).items()}
+    project = make_project(tmp_path / "project")
+    with fifo_watch(source) as opened:
+        lines = _collect_lines(project, "folder", str(source))
+    assert opened == []
+    sources = _check_collected(project, expect, _refusals(lines))
+    # the original names, escaped, are in sources.csv; data/ has safe ones
+    bad = printable(os.fsdecode(bytes(source) + b"/circle/caf\xe9.png"))
+    assert sources.set_index("source").loc[bad, "path"] == "circle/caf_xe9.png"
+    assert "squ_xe4re" in set(pd.read_csv(project / "data" / "labels.csv")["folder"])
+    assert _clean_outcomes(project, sources) == {
+        src: e.rejected for src, e in expect.items() if not e.refused
+    }
+
+
+def test_manifest_collect_and_clean_survive_the_hostile_corpus(tmp_path, prefect_server):
+    """The same corpus named by a manifest whose cells are not all UTF-8 (a Latin-1 export)."""
+    source = tmp_path / "source"
+    rows, wanted = [], {}
+    for path, outcome in write_hostile_tree(source).items():
+        rel = path.relative_to(source).as_posix()
+        label = rel.split("/")[0] if "/" in rel else "circle"
+        rows.append({"path": rel, "label": label, "group": "gr\udcfcppe"})  # ü in Latin-1
+        if rel == "loose.png":  # a manifest row names its label
+            outcome = Expect()
+        elif rel == "circle/up":  # the row names a folder
+            outcome = Expect("not_a_file")
+        wanted[printable(rel)] = outcome
+    manifest = source / "manifest.csv"
+    pd.DataFrame(rows, dtype=object).to_csv(manifest, index=False, errors="surrogateescape")
+    project = make_project(tmp_path / "project")
+    with fifo_watch(source) as opened:
+        lines = _collect_lines(project, "manifest", str(manifest))
+    assert opened == []
+    sources = _check_collected(project, wanted, _refusals(lines))
+    assert set(sources["group"]) == {"gr\\xfcppe"}
+    assert _clean_outcomes(project, sources) == {
+        src: e.rejected for src, e in wanted.items() if not e.refused
+    }
+
+
+def test_local_sources_get_the_size_limit_before_reading(tmp_path, prefect_server):
+    source = tmp_path / "source"
+    write_image_folder(source, per_class=2, classes=("circle",))
+    big = source / "circle" / "big.png"
+    big.write_bytes(random.Random(0).randbytes(3 * 2**19))  # 1.5 MiB of real bytes
+    project = make_project(tmp_path / "project")
+    lines = _collect_lines(project, "folder", str(source), "--max-mb", "1")
+    assert "2 new, 0 changed, 0 unchanged, 1 refused" in " ".join(lines)
+    assert _refusals(lines) == {str(big): "too_large"}
+    assert {p for p in _data_files(project) if p.startswith("circle/")} == {
+        "circle/circle_0_000.jpg",
+        "circle/circle_0_001.png",
+    }
+    manifest = source / "manifest.csv"
+    manifest.write_text("path,label\ncircle/big.png,circle\ncircle/circle_0_000.jpg,round\n")
+    lines = _collect_lines(project, "manifest", str(manifest), "--max-mb", "1")
+    assert "1 new, 0 changed, 0 unchanged, 1 refused" in " ".join(lines)
+    assert _refusals(lines) == {"circle/big.png": "too_large"}
+    assert not [p for p in _data_files(project) if p.endswith("big.png")]
+    # the default is 50 MiB: the same file is collected without the option
+    assert "1 new" in _collect(project, "folder", str(source))
+
+
+def test_a_tree_that_changes_while_it_is_collected(tmp_path):
+    """Files listed, then removed, swapped for a FIFO or a link out, grown or rewritten
+    before they are copied: each is refused with a reason or collected as it is now."""
+    from tasks.collect import write_items
+    from tasks.sources import folder_items
+
+    source, data = tmp_path / "source", tmp_path / "data"
+    write_image_folder(source, per_class=6, classes=("circle",))
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(image_bytes(shape_image("circle", random.Random(9))))
+    items, refused = folder_items(source, max_bytes=2**20)
+    assert refused == [] and len(items) == 6
+    files = sorted((source / "circle").iterdir())
+    files[0].unlink()
+    files[1].unlink()
+    os.mkfifo(files[1])
+    files[2].write_bytes(bytes(2**20 + 1))
+    files[3].unlink()
+    files[3].symlink_to(outside)
+    rewritten = image_bytes(shape_image("square", random.Random(4)))
+    files[4].write_bytes(rewritten)
+    with fifo_watch(source) as opened:
+        report = write_items.fn(items, data, 2**20)
+    assert opened == []
+    assert [(r.source, r.reason) for r in report.refused] == [
+        (str(files[0]), "missing"),
+        (str(files[1]), "not_a_file"),
+        (str(files[2]), "too_large"),
+        (str(files[3]), "unreadable"),  # a link now: not followed out of the tree
+    ]
+    assert report.new == [f"circle/{files[4].name}", f"circle/{files[5].name}"]
+    assert {r["path"]: r["sha256"] for r in report.records} == {
+        f"circle/{f.name}": _sha((data / "circle" / f.name).read_bytes()) for f in files[4:]
+    }
+    assert (data / "circle" / files[4].name).read_bytes() == rewritten
+    assert sorted(p.name for p in (data / "circle").iterdir()) == [f.name for f in files[4:]]
+
+
+def test_safe_names_are_printable_normalised_and_bounded():
+    from tasks.sources import safe_name
+
+    assert safe_name(os.fsdecode(b"caf\xe9.png")) == "caf_xe9.png"
+    assert safe_name(unicodedata.normalize("NFD", "café.png")) == "café.png"  # NFC
+    assert safe_name("new\nline.png") == "new_line.png"
+    assert safe_name("-rf.png") == "-rf.png"
+    for long in ("a" * 251 + ".png", "猫" * 83 + ".png", "é" * 200):
+        name = safe_name(long)
+        assert len(name.encode()) <= 200 and len(name) <= 120
+        assert name.endswith(".png") or "." not in long
+        assert name != safe_name(long[1:])  # the hash of the whole name keeps them apart
+
+
+def test_a_url_list_that_is_not_utf8(tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_bytes(b"https://a.example/caf\xe9.png chat\xe9\nhttps://b.example/ok.png dog\n")
+    items, refused = url_list_items(urls)
+    assert refused == []
+    assert [(i.label, i.url) for i in items] == [
+        ("chat\\xe9", "https://a.example/caf%E9.png"),
+        ("dog", "https://b.example/ok.png"),
+    ]

@@ -73,16 +73,21 @@ def test_expected_calibration_error():
 
 def test_promotion_decision():
     from params import RetrainParams
-    from tasks.registry import decide
+    from tasks.registry import Comparison, decide
+
+    def vs(new: dict, old: dict | None) -> Comparison:
+        if old is None:
+            return Comparison(challenger=new)
+        return Comparison(new, ["a", "b"], new, old, compared=10)
 
     params = RetrainParams(metric="f1_macro", margin=0.02)
-    assert decide({"f1_macro": 0.5}, None, params)[0]
-    assert decide({"f1_macro": 0.83}, {"f1_macro": 0.80}, params)[0]
-    promoted, reason = decide({"f1_macro": 0.81}, {"f1_macro": 0.80}, params)
+    assert decide(vs({"f1_macro": 0.5}, None), params)[0]
+    assert decide(vs({"f1_macro": 0.83}, {"f1_macro": 0.80}), params)[0]
+    promoted, reason = decide(vs({"f1_macro": 0.81}, {"f1_macro": 0.80}), params)
     assert not promoted and "gain +0.0100" in reason
     loss = RetrainParams(metric="log_loss", higher_is_better=False)
-    assert decide({"log_loss": 0.4}, {"log_loss": 0.5}, loss)[0]
-    assert not decide({"log_loss": 0.6}, {"log_loss": 0.5}, loss)[0]
+    assert decide(vs({"log_loss": 0.4}, {"log_loss": 0.5}), loss)[0]
+    assert not decide(vs({"log_loss": 0.6}, {"log_loss": 0.5}), loss)[0]
 
     # 0.8 confident, right 3 times out of 4: |0.75 - 0.8|
     probs = np.array([[0.8, 0.2]] * 4)

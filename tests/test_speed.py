@@ -67,19 +67,19 @@ def test_unchanged_files_are_not_read_again_to_hash(tmp_path):
     (data / "a" / "x.bin").write_bytes(b"one")
     (data / "a" / "y.bin").write_bytes(b"two")
     cache = tmp_path / "hashes.parquet"
-    first = hash_files(data, ["a/x.bin", "a/y.bin"], cache)
+    first, _ = hash_files(data, ["a/x.bin", "a/y.bin"], cache)
     # plant a wrong hash for x: it is served as long as x's size and mtime match
     table = pd.read_parquet(cache)
     table.loc[table["path"] == "a/x.bin", "sha256"] = "planted"
     table.to_parquet(cache)
-    again = hash_files(data, ["a/x.bin", "a/y.bin"], cache)
+    again, _ = hash_files(data, ["a/x.bin", "a/y.bin"], cache)
     assert again["a/x.bin"] == ("planted", 3)
     assert again["a/y.bin"] == first["a/y.bin"]
     # a changed file (new mtime) is read and hashed again
     stamp = (data / "a" / "x.bin").stat().st_mtime_ns + 10**9
     os.utime(data / "a" / "x.bin", ns=(stamp, stamp))
-    assert hash_files(data, ["a/x.bin"], cache)["a/x.bin"] == first["a/x.bin"]
-    assert hash_files(data, ["a/x.bin"], None)["a/x.bin"] == first["a/x.bin"]
+    assert hash_files(data, ["a/x.bin"], cache)[0]["a/x.bin"] == first["a/x.bin"]
+    assert hash_files(data, ["a/x.bin"], None)[0]["a/x.bin"] == first["a/x.bin"]
 
 
 def test_train_epoch_measures_the_time_spent_waiting_for_data():

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from params import SplitParams
-from tasks.split import SplitError, assign_splits, fold_counts, plan_splits, split_counts
+from tasks.split import SplitError, fold_counts, plan_splits, split_counts
 
 
 def _manifest(n_per_class: int, classes=("a", "b", "c"), start: int = 0) -> pd.DataFrame:
@@ -19,7 +19,7 @@ def _manifest(n_per_class: int, classes=("a", "b", "c"), start: int = 0) -> pd.D
 def test_split_is_deterministic_and_stratified():
     manifest = _manifest(400)
     params = SplitParams(train=0.7, val=0.15, test=0.15, seed=3)
-    first, second = assign_splits(manifest, params), assign_splits(manifest, params)
+    first, second = plan_splits(manifest, params).frame, plan_splits(manifest, params).frame
     assert first["split"].tolist() == second["split"].tolist()
     counts = split_counts(first)
     for label in "abc":
@@ -29,16 +29,18 @@ def test_split_is_deterministic_and_stratified():
 
 def test_adding_images_never_moves_old_ones():
     params = SplitParams()
-    before = assign_splits(_manifest(50), params).set_index("path")["split"]
+    before = plan_splits(_manifest(50), params).frame.set_index("path")["split"]
     grown = pd.concat([_manifest(50), _manifest(30, start=50)], ignore_index=True)
-    after = assign_splits(grown.sample(frac=1, random_state=1), params).set_index("path")["split"]
+    after = plan_splits(grown.sample(frac=1, random_state=1), params).frame.set_index("path")[
+        "split"
+    ]
     assert after.loc[before.index].tolist() == before.tolist()
 
 
 def test_seed_changes_the_assignment():
     manifest = _manifest(100)
-    a = assign_splits(manifest, SplitParams(seed=0))["split"]
-    b = assign_splits(manifest, SplitParams(seed=1))["split"]
+    a = plan_splits(manifest, SplitParams(seed=0)).frame["split"]
+    b = plan_splits(manifest, SplitParams(seed=1)).frame["split"]
     assert (a != b).any()
 
 
@@ -46,9 +48,9 @@ def test_a_class_without_training_images_fails_clearly():
     manifest = pd.concat([_manifest(30, classes=("a",)), _manifest(4, classes=("rare",))])
     params = SplitParams(train=0.01, val=0.01, test=0.98)
     with pytest.raises(SplitError, match=r"\['rare'\] have no training image"):
-        assign_splits(manifest, params)
+        plan_splits(manifest, params)
     with pytest.raises(SplitError, match="empty"):
-        assign_splits(manifest.iloc[0:0], SplitParams())
+        plan_splits(manifest.iloc[0:0], SplitParams())
 
 
 def test_a_tiny_class_goes_to_train_with_a_clear_message():
@@ -65,7 +67,7 @@ def test_near_duplicate_groups_never_straddle_splits():
     for start in range(0, 600, 6):  # groups of 6 images (of one class)
         groups.iloc[start : start + 6] = manifest["sha256"].iloc[start : start + 6].min()
     manifest["dup_group"] = groups
-    split = assign_splits(manifest, SplitParams(folds=4))
+    split = plan_splits(manifest, SplitParams(folds=4)).frame
     per_group = split.groupby("dup_group")[["split", "fold"]].nunique()
     assert (per_group == 1).all().all()
     assert split["split"].nunique() == 3  # groups still spread over the splits
@@ -74,21 +76,21 @@ def test_near_duplicate_groups_never_straddle_splits():
 def test_grouping_column_keeps_rows_together_across_classes():
     manifest = _manifest(100)
     manifest["subject"] = [f"s{i % 37}" if i % 5 else "" for i in range(len(manifest))]
-    split = assign_splits(manifest, SplitParams(group_by="subject", folds=3))
+    split = plan_splits(manifest, SplitParams(group_by="subject", folds=3)).frame
     named = split[split["subject"] != ""]
     assert (named.groupby("subject")[["split", "fold"]].nunique() == 1).all().all()
     assert named["label"].nunique() == 3  # a subject spans classes and still stays together
     alone = split[split["subject"] == ""]
-    expected = assign_splits(manifest.drop(columns="subject"), SplitParams(folds=3))
+    expected = plan_splits(manifest.drop(columns="subject"), SplitParams(folds=3)).frame
     assert alone["split"].tolist() == expected.loc[alone.index, "split"].tolist()
     with pytest.raises(SplitError, match="'site' is not a column"):
-        assign_splits(manifest, SplitParams(group_by="site"))
+        plan_splits(manifest, SplitParams(group_by="site"))
 
 
 def test_k_fold_assignment():
     manifest = _manifest(300)
     params = SplitParams(folds=5, seed=2)
-    split = assign_splits(manifest, params)
+    split = plan_splits(manifest, params).frame
     folded = split[split["split"] != "test"]
     assert split["fold"].dtype == "int64"
     assert set(folded["fold"]) == set(range(5))
@@ -99,10 +101,10 @@ def test_k_fold_assignment():
         assert share.to_numpy() == pytest.approx([0.2] * 5, abs=0.07)
     # deterministic, and adding images never moves an old image's fold
     grown = pd.concat([manifest, _manifest(50, start=300)], ignore_index=True)
-    after = assign_splits(grown, params).set_index("path")
+    after = plan_splits(grown, params).frame.set_index("path")
     before = split.set_index("path")
     assert after.loc[before.index, "fold"].tolist() == before["fold"].tolist()
-    assert "fold" not in assign_splits(manifest, SplitParams()).columns
+    assert "fold" not in plan_splits(manifest, SplitParams()).frame.columns
 
 
 def test_a_single_fold_is_a_params_error(tmp_path):

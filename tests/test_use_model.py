@@ -110,3 +110,15 @@ def test_export_gives_the_same_outputs(trained, tmp_path, fmt):
     with pytest.raises(ExportParityError, match="differs"):
         export_model(tiny, meta, fmt, tmp_path / f"bad.{fmt}", inputs, atol=-1.0)
     assert not (tmp_path / f"bad.{fmt}").exists()
+
+
+def test_a_model_file_of_another_format_is_refused_in_one_line(trained, tmp_path):
+    from tasks.checkpoint import load_torch, save_torch
+    from tasks.inference import ModelFormatError
+
+    *_, model_pt = trained
+    payload = load_torch(model_pt)
+    old = tmp_path / "old.pt"
+    save_torch(payload | {"format": 1}, old)
+    with pytest.raises(ModelFormatError, match="model format 1"):
+        load_model(old)

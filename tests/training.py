@@ -32,9 +32,9 @@ def tiny_train_data(root: Path, per_class: int = 10) -> TrainData:
 
 
 def assign(manifest: pd.DataFrame) -> pd.DataFrame:
-    from tasks.split import assign_splits
+    from tasks.split import plan_splits
 
-    return assign_splits(manifest, SplitParams(train=0.6, val=0.2, test=0.2))
+    return plan_splits(manifest, SplitParams(train=0.6, val=0.2, test=0.2)).frame
 
 
 def save_inputs(data: TrainData, params: TrainParams, folder: Path) -> Path:

@@ -1,0 +1,142 @@
+"""`visiontune collect …`: bring labelled images into data/ from a source, then `dvc add`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from flows.cli_common import console, current_project, fail
+
+collect_app = typer.Typer(help="Bring labelled images into data/ and version them (dvc add).")
+
+
+def _print_collect(result: dict) -> None:
+    console.print(
+        f"data/: {result['new']} new, {result['changed']} changed, "
+        f"{result['unchanged']} unchanged, {len(result['refused'])} refused"
+        + (f"; data.dvc now at {result['data_version']}" if result["data_version"] else "")
+    )
+    if result["refused"]:
+        table = Table(title="refused (not collected)")
+        for column in ("source", "reason", "detail"):
+            table.add_column(column, overflow="fold")
+        for r in result["refused"]:
+            table.add_row(r["source"], r["reason"], r["detail"])
+        console.print(table)
+    changes = result["since_last"]
+    if changes is not None:
+        images = {kind: [p for p in paths if "/" in p] for kind, paths in changes.items()}
+        console.print(
+            f"since the last version ({result['previous_version'] or 'none'}): "
+            f"{len(images['added'])} added, {len(images['modified'])} modified, "
+            f"{len(images['deleted'])} deleted image(s)"
+        )
+        if result["by_class"]:
+            table = Table(title="changes per class")
+            for column in ("class", "added", "modified", "deleted"):
+                table.add_column(column, justify="left" if column == "class" else "right")
+            for row in result["by_class"]:
+                table.add_row(*(str(row[c]) for c in ("class", "added", "modified", "deleted")))
+            console.print(table)
+    elif result["data_version"]:
+        console.print("the previous version is not in the local DVC cache: no file-level diff")
+
+
+def _collect(source: str, location: str = "", **options) -> None:
+    from flows.collect import run_collect
+    from tasks.sources import SourceError
+
+    project = current_project()
+    try:
+        result = run_collect(source, location, str(project.root), **options)  # type: ignore[arg-type]
+    except SourceError as exc:
+        fail(str(exc))
+    _print_collect(result)
+
+
+def _limits(timeout: float, max_mb: float, retries: int, backoff: float, workers: int):
+    from tasks.download import DownloadLimits
+
+    return DownloadLimits(
+        timeout=timeout,
+        max_bytes=int(max_mb * 2**20),
+        retries=retries,
+        backoff=backoff,
+        workers=workers,
+    )
+
+
+TIMEOUT = typer.Option(30.0, min=0.1, help="seconds allowed for one download attempt")
+MAX_MB = typer.Option(
+    50.0, min=0.001, help="largest file accepted (download or local), in MiB; checked by stat"
+)
+RETRIES = typer.Option(3, min=0, help="retries of a timed-out or 5xx download")
+BACKOFF = typer.Option(1.0, min=0.0, help="seconds before the first retry (doubled each time)")
+WORKERS = typer.Option(8, min=1, help="downloads in flight at once")
+
+
+@collect_app.command("demo")
+def collect_demo(
+    per_class: int = typer.Option(120, min=1, help="images per class (demo categories)"),
+) -> None:
+    """The offline demo set: Noto emoji PNGs (npm emoji-datasource-google), label = category."""
+    _collect("demo", per_class=per_class)
+
+
+@collect_app.command("folder")
+def collect_folder(
+    path: Path = typer.Argument(..., help="an ImageFolder tree: PATH/<label>/<image>"),
+    max_mb: float = MAX_MB,
+) -> None:
+    """Copy an ImageFolder tree (one sub-folder per label) into data/.
+
+    Files over --max-mb, FIFOs, sockets, devices, broken or looping links are
+    refused with a reason and never read; the rest is collected.
+    """
+    if not path.is_dir():
+        fail(f"{path} is not a folder")
+    from tasks.download import DownloadLimits
+
+    _collect("folder", str(path.resolve()), limits=DownloadLimits(max_bytes=int(max_mb * 2**20)))
+
+
+@collect_app.command("manifest")
+def collect_manifest(
+    file: Path = typer.Argument(..., help="CSV or parquet: label + path and/or url (+ extras)"),
+    timeout: float = TIMEOUT,
+    max_mb: float = MAX_MB,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF,
+    workers: int = WORKERS,
+) -> None:
+    """Collect the rows of a manifest; relative paths resolve against the manifest's folder.
+
+    Paths that leave that folder (../, absolute, symlinks) are refused; URLs are
+    downloaded safely. Other columns (e.g. `group`) are kept in data/sources.csv.
+    """
+    _collect(
+        "manifest",
+        str(file.resolve()),
+        limits=_limits(timeout, max_mb, retries, backoff, workers),
+    )
+
+
+@collect_app.command("urls")
+def collect_urls(
+    file: Path = typer.Argument(..., help="a text file of 'URL [LABEL]' lines"),
+    label: str = typer.Option("", help="label for lines that carry none"),
+    timeout: float = TIMEOUT,
+    max_mb: float = MAX_MB,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF,
+    workers: int = WORKERS,
+) -> None:
+    """Download a list of image URLs (http/https only) into data/<label>/."""
+    _collect(
+        "urls",
+        str(file.resolve()),
+        label=label,
+        limits=_limits(timeout, max_mb, retries, backoff, workers),
+    )
