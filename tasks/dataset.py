@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tasks.augment import read_rgb
+from tasks.shards import ShardReader
 
 
 class CachedImages(Dataset):
@@ -25,7 +25,10 @@ class CachedImages(Dataset):
         seed: int = 0,
     ) -> None:
         index = {name: i for i, name in enumerate(classes)}
-        self.paths = [clean_dir / c for c in frame["cache"]]
+        self.reader = ShardReader(clean_dir)
+        self.shas = list(frame["sha256"])
+        for sha in self.shas:
+            self.reader.location(sha)  # a missing image fails here, not in a worker
         self.targets = [index[label] for label in frame["label"]]
         self.pipeline = pipeline
         # a pipeline loaded with A.load has no seed: without this, augmentations differ per run
@@ -35,10 +38,10 @@ class CachedImages(Dataset):
         self.pipeline.set_random_seed(seed)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.shas)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.pipeline(image=read_rgb(self.paths[i]))["image"]
+        image = self.pipeline(image=self.reader.image(self.shas[i]))["image"]
         return image, self.targets[i]
 
 
