@@ -1,7 +1,8 @@
 """The clean stage's flow: raw data/ → decoded, resized cache + manifest + rejections.
 
 The output folder is not emptied first: it holds the incremental cache (shards/
-and cache_index.parquet, see tasks/clean.py and tasks/shards.py), and dvc.yaml declares it `persist: true` for the same reason.
+and cache_index.parquet, see tasks/clean.py and tasks/shards.py), and dvc.yaml
+declares it `persist: true` for the same reason.
 Files the stage does not own are removed, so nothing stale is left.
 """
 

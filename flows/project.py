@@ -60,6 +60,7 @@ class Project:
             image_size=image_size,
             balance=BalancePlan.read(augment / "balance.json"),
             clean=self.params("clean"),  # type: ignore[arg-type]
+            augment_device=self.params("augment").device,  # type: ignore[attr-defined]
         )
 
     def validate_all(self) -> dict[str, _Params]:

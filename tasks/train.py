@@ -35,7 +35,13 @@ from params import CleanParams, TrainParams
 from tasks import distributed
 from tasks.balance import BalancePlan
 from tasks.checkpoint import load_checkpoint, load_torch, rng_state, save_torch, set_rng_state
-from tasks.dataset import CachedImages, default_workers, make_loader
+from tasks.dataset import (
+    CachedImages,
+    default_workers,
+    make_loader,
+    resolve_device_mode,
+    split_cores,
+)
 from tasks.ema import make_ema
 from tasks.model import Classifier, build_classifier, pick_device
 from tasks.optim import make_optimizer, make_scheduler, param_groups, trainable_stages
@@ -70,6 +76,7 @@ class TrainData:
     image_size: int
     balance: BalancePlan = field(default_factory=BalancePlan)
     clean: CleanParams = field(default_factory=CleanParams)
+    augment_device: str = "auto"  # augment.yaml `device`: where the v2-able transforms run
 
     @property
     def classes(self) -> list[str]:
@@ -398,8 +405,14 @@ def fit(
 
     train_rows = data.part("train") if train_part is None else train_part
     val_rows = data.part("val") if val_part is None else val_part
-    train_set = CachedImages(train_rows, data.clean_dir, data.train_pipeline, classes, params.seed)
+    mode = resolve_device_mode(data.augment_device, device)
+    train_set = CachedImages(
+        train_rows, data.clean_dir, data.train_pipeline, classes, params.seed, mode
+    )
     val_set = CachedImages(val_rows, data.clean_dir, data.eval_pipeline, classes)
+    threads = torch.get_num_threads()
+    if workers > 0:  # the loader's workers and this process's torch threads share the cores
+        torch.set_num_threads(min(threads, split_cores(workers)))
     generator = torch.Generator()
     sampler = data.balance.sampler(train_set.targets, classes, generator, ranks.world_size)
     if sampler is None and ranks.distributed:
@@ -417,8 +430,9 @@ def fit(
         sampler=sampler,
         generator=generator,
         drop_last=len(train_set) > params.batch_size * ranks.world_size,
+        device=device,
     )
-    val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed)
+    val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed, device=device)
 
     steps = make_steps(
         clf, params, device, max(1, len(train_loader)), data.balance.loss_weight(classes)
@@ -541,6 +555,7 @@ def fit(
         if stop:
             result.stopped_early = True
             break
+    torch.set_num_threads(threads)
     return result
 
 
