@@ -157,13 +157,25 @@ def measure_size(images: int, root: Path) -> tuple[list[Result], float]:
 
 
 def run(sizes: tuple[int, ...] = (10_000, 100_000), keep: Path | None = None) -> list[Result]:
+    """Each size in its own process: Prefect binds to one server per process (at import),
+    and the peak RSS is then that size's."""
+    import json
+    import subprocess
+    import sys
+
     root = keep or Path(tempfile.mkdtemp(prefix="vt-bench-100k-"))
     rows: list[Result] = []
     totals: dict[int, float] = {}
     try:
         for n in sizes:
-            got, totals[n] = measure_size(n, root)
-            rows += got
+            out = root / f"rows-{n}.json"
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.scale", "--one", str(n), str(root), str(out)],
+                check=True,
+            )
+            got = json.loads(out.read_text())
+            totals[n] = got["total"]
+            rows += [Result(**row) for row in got["rows"]]
     finally:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -190,7 +202,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--keep", type=Path, default=None, help="work here, leave it behind")
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # N ROOT OUT: one size
     args = parser.parse_args()
+    if args.one:
+        import json
+        from dataclasses import asdict
+
+        n, root, out = args.one
+        got, total = measure_size(int(n), Path(root))
+        Path(out).write_text(json.dumps({"total": total, "rows": [asdict(r) for r in got]}))
+        return
     run(tuple(args.images), args.keep)
 
 
