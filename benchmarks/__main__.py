@@ -17,7 +17,15 @@ from pathlib import Path
 
 from benchmarks.report import Result, stopwatch, write_markdown
 
-NAMES = ("data_loading", "train_loop", "gpu", "orchestration", "incremental", "scaling")
+NAMES = (
+    "data_loading",
+    "train_loop",
+    "gpu",
+    "orchestration",
+    "incremental",
+    "scaling",
+    "scale",
+)
 
 
 def environment() -> str:
@@ -30,7 +38,9 @@ def environment() -> str:
     )
 
 
-def run(names: tuple[str, ...], images: int) -> list[Result]:
+def run(
+    names: tuple[str, ...], images: int, scale_sizes: tuple[int, ...] = (10_000, 100_000)
+) -> list[Result]:
     from benchmarks import data_loading, gpu, incremental, orchestration, scaling, train_loop
     from benchmarks.workspace import scale_workspace
 
@@ -45,12 +55,17 @@ def run(names: tuple[str, ...], images: int) -> list[Result]:
                 rows += incremental.measure(project)
     if "data_loading" in names:
         rows += data_loading.run()
+        rows += data_loading.per_core()
     if "train_loop" in names:
         rows += train_loop.run()
     if "gpu" in names:
         rows += gpu.run()
     if "scaling" in names:
         rows += scaling.run()
+    if "scale" in names:
+        from benchmarks import scale
+
+        rows += scale.run(scale_sizes)
     return rows
 
 
@@ -59,11 +74,18 @@ def main() -> None:
         os.environ.setdefault(key, value)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10000, help="files in the scale project")
+    parser.add_argument(
+        "--scale-images",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000],
+        help="project sizes of benchmarks/scale.py (the exponent is taken between them)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.md")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
     args = parser.parse_args()
     with stopwatch() as t:
-        rows = run(tuple(args.only), args.images)
+        rows = run(tuple(args.only), args.images, tuple(args.scale_images))
     header = (
         "# Benchmark results\n\n"
         f"`make bench` on {datetime.date.today()}: {environment()}. "

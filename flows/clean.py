@@ -1,7 +1,8 @@
 """The clean stage's flow: raw data/ → decoded, resized cache + manifest + rejections.
 
-The output folder is not emptied first: it holds the incremental cache (see
-tasks/clean.py), and dvc.yaml declares it `persist: true` for the same reason.
+The output folder is not emptied first: it holds the incremental cache (shards/
+and cache_index.parquet, see tasks/clean.py and tasks/shards.py), and dvc.yaml
+declares it `persist: true` for the same reason.
 Files the stage does not own are removed, so nothing stale is left.
 """
 
@@ -72,6 +73,12 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
         f"rejected {len(result.rejected)}"
     )
     warnings = []
+    if result.rebuilt_shards:
+        warnings.append(
+            f"{len(result.rebuilt_shards)} cache shard(s) failed their checksum (truncated or "
+            f"corrupted: {', '.join(result.rebuilt_shards)}); their images were decoded again "
+            "from data/"
+        )
     empty = classes.loc[classes["kept"] == 0, "label"].tolist()
     if empty:
         warnings.append(f"class(es) {empty} have no usable image left after cleaning")

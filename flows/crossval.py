@@ -56,7 +56,7 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
     )
     write_csv(folds, out / "folds.csv")
     write_csv(cv.oof, out / "oof_predictions.csv")
-    write_csv(cv.label_issues.drop(columns=["cache"], errors="ignore"), out / "label_issues.csv")
+    write_csv(cv.label_issues, out / "label_issues.csv")
     summary = cv.summary | {"ensemble": cv.ensemble}
     write_json(summary, out / "summary.json")
     lines = [f"- {line}" for line in describe(cv.summary, cv.ensemble)]
@@ -76,6 +76,6 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
         ).head(32)
         title = "label issues: the out-of-fold prediction disagrees"
         plot_gallery(rows, project.artifacts("clean"), title, out / "label_issues.png")
-        publish_table("crossval-label-issues", cv.label_issues.drop(columns=["cache"]))
+        publish_table("crossval-label-issues", cv.label_issues)
         publish_image("crossval-label-issues-gallery", out / "label_issues.png", "label issues")
     return summary

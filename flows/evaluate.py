@@ -57,7 +57,7 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
         probs, targets, params.calibration_bins, ev.metrics["ece"], out / "reliability.png"
     )
     gallery = misclassified_gallery(
-        ev.predictions.assign(cache=test["cache"].to_numpy()), params.gallery
+        ev.predictions.assign(sha256=test["sha256"].to_numpy()), params.gallery
     )
     write_csv(gallery.drop(columns=["gallery"]), out / "misclassified.csv")
     title = "misclassified test images, highest loss first" if len(gallery) else "no mistakes"

@@ -28,4 +28,5 @@ def train_data(project: Project, image_size: int | None = None) -> TrainData:
         image_size=image_size,
         balance=BalancePlan.read(augment / "balance.json"),
         clean=project.params("clean"),  # type: ignore[arg-type]
+        augment_device=project.params("augment").device,  # type: ignore[attr-defined]
     )

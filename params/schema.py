@@ -110,6 +110,11 @@ class AugmentParams(_Params):
     balance: BalanceStrategy = Field(
         "none", description="how training evens out class sizes (artifacts/augment/balance.json)"
     )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where the train transforms with a torchvision v2 equivalent run: "
+        "cpu (loader workers), gpu (per batch on the training device), auto (gpu on CUDA)",
+    )
     seed: int = 0
 
     @field_validator("custom")

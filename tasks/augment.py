@@ -11,7 +11,6 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 
 from params import AugmentParams
 from tasks.transforms import PRESETS, build_transforms
@@ -77,11 +76,6 @@ def load_pipeline(path: Path) -> A.Compose:
     return A.load(str(path), data_format="yaml")
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
-
-
 def render_preview(
     split: pd.DataFrame, clean_dir: Path, params: AugmentParams, out_png: Path
 ) -> None:
@@ -92,7 +86,9 @@ def render_preview(
     import matplotlib.pyplot as plt
 
     from tasks.files import atomic_path
+    from tasks.shards import ShardReader
 
+    reader = ShardReader(clean_dir)
     preview = A.Compose(random_steps(params), seed=params.seed)
     train = split[split["split"] == "train"]
     labels = sorted(train["label"].unique())
@@ -102,7 +98,7 @@ def render_preview(
     )
     for row, label in enumerate(labels):
         first = train[train["label"] == label].iloc[0]
-        image = read_rgb(clean_dir / first["cache"])
+        image = reader.image(first["sha256"])
         axes[row][0].imshow(image)
         axes[row][0].set_title("original", fontsize=7)
         axes[row][0].set_ylabel(label, fontsize=8)

@@ -4,14 +4,15 @@ A file that cannot be used is recorded in rejected.csv with a reason; the run go
 
 The cache is content-addressed and incremental. Decoding is the expensive part
 and depends only on a file's bytes and a few params, so its result is stored
-per content hash: the resized PNG at images/<sha[:2]>/<sha>.png and one row
-of cache_index.parquet (size, mode, pHash or the rejection reason), tagged
-with a key of the params and code that shaped it. A run hashes every raw file
-(cheap), decodes only contents the index does not know under the current key,
-then applies the rules that look across files (duplicates, label conflicts,
-near-duplicates, size and class filters) to the whole index. Afterwards the
-folder holds exactly what a full run would write (unused cache files and index
-rows are pruned), so an incremental run gives the same outputs as a full one.
+per content hash: one row of cache_index.parquet (size, mode, pHash or the
+rejection reason) and, for a usable image, its resized pixels in a shard
+(tasks/shards.py), both tagged with a key of the params and code that shaped
+them. A run hashes every raw file (cheap), decodes only contents the index
+does not know under the current key, then applies the rules that look across
+files (duplicates, label conflicts, near-duplicates, size and class filters)
+to the whole index. New pixels go to new shards, unused ones become garbage
+that compaction removes; the manifest, rejections and cache_index.parquet are
+exactly what a full run writes, and so is every image read back.
 
 Where the cache lives, and why: it *is* the stage's output folder,
 artifacts/clean, declared `persist: true` in dvc.yaml. `dvc repro` deletes a
@@ -26,14 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import imagehash
+import numpy as np
 import pandas as pd
 import PIL
 from PIL import Image
@@ -50,15 +51,25 @@ from tasks.files import (
     open_regular,
     printable,
     read_limited,
-    write_bytes_atomic,
     write_csv,
     write_parquet,
+)
+from tasks.shards import (
+    SHARD_BYTES,
+    SHARDS,
+    Location,
+    ShardReader,
+    ShardWriter,
+    plan_compaction,
+    remove_unlisted,
+    shard_dir,
+    verified_locations,
+    write_locations,
 )
 from tasks.sources import SOURCES_FILE, safe_label
 
 CACHE_INDEX = "cache_index.parquet"
-IMAGES = "images"
-OWN_FILES = ("manifest.parquet", "rejected.csv", "classes.csv", CACHE_INDEX, IMAGES)
+OWN_FILES = ("manifest.parquet", "rejected.csv", "classes.csv", CACHE_INDEX, SHARDS)
 
 UNDECODABLE = "the file name is not valid UTF-8: rename it, or collect it (collect renames it)"
 # Every rejection reason, in the order the rules apply (README has the same table).
@@ -89,7 +100,6 @@ class CleanRecord:
     bytes: int
     width: int  # upright size before resizing
     height: int
-    cache: str  # relative to the clean stage's folder
     phash: str
     mode: str = ""  # the file's own pixel mode before conversion to RGB
     dup_group: str = ""  # the smallest sha256 of its near-duplicate group (its own if none)
@@ -122,6 +132,7 @@ class CleanResult:
     rejected: list[Rejection]
     processed: list[str]  # paths decoded by this run (the rest came from the cache)
     raw_counts: dict[str, int]  # files per label before cleaning
+    rebuilt_shards: list[str] = field(default_factory=list)  # failed their checksum: rebuilt
 
 
 def list_raw_images(data_dir: Path) -> list[tuple[str, str]]:
@@ -140,10 +151,6 @@ def list_raw_images(data_dir: Path) -> list[tuple[str, str]]:
         found.extend((*parts, name) for name in names if not name.startswith("."))
     found.sort()  # by path components, as sorted(Path) would
     return [("/".join(parts), parts[0]) for parts in found]
-
-
-def cache_rel(sha256: str) -> str:
-    return f"{IMAGES}/{sha256[:2]}/{sha256}.png"
 
 
 def prepare(decoded: Decoded, max_side: int) -> Image.Image:
@@ -183,19 +190,29 @@ def cache_key(params: CleanParams) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def process(raw: bytes, sha256: str, key: str, params: CleanParams, out_dir: Path) -> CacheEntry:
-    """Decode one content; a usable image is written to the cache."""
+def process(
+    raw: bytes, sha256: str, key: str, params: CleanParams
+) -> tuple[CacheEntry, np.ndarray | None]:
+    """Decode one content: its cache entry and, when usable, the pixels to cache (HWC uint8)."""
     try:
         decoded = decode(raw, tuple(params.background), params.max_pixels)  # type: ignore[arg-type]
     except RejectedImage as exc:
-        return CacheEntry(sha256, key, exc.reason, exc.detail)
+        return CacheEntry(sha256, key, exc.reason, exc.detail), None
     width, height = decoded.image.size
     img = prepare(decoded, params.max_side)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    write_bytes_atomic(out_dir / cache_rel(sha256), buf.getvalue())
-    return CacheEntry(
+    entry = CacheEntry(
         sha256, key, width=width, height=height, mode=decoded.mode, phash=str(imagehash.phash(img))
+    )
+    return entry, np.asarray(img)
+
+
+def fits(entry: CacheEntry, params: CleanParams) -> bool:
+    """Usable under the size rules: only such images are worth storing."""
+    w, h = entry.width, entry.height
+    return (
+        not entry.reason
+        and min(w, h) >= params.min_side
+        and max(w, h) / min(w, h) <= params.max_aspect_ratio
     )
 
 
@@ -322,7 +339,6 @@ def apply_rules(
             bytes=digests[rel][1],
             width=entry.width,
             height=entry.height,
-            cache=cache_rel(entry.sha256),
             phash=entry.phash,
             mode=entry.mode,
             dup_group=group,
@@ -331,24 +347,6 @@ def apply_rules(
     ]
     rejected.sort(key=lambda r: r.path)
     return records, rejected
-
-
-def prune(out_dir: Path, keep: set[str]) -> None:
-    """Remove cache files no record uses, and empty shard folders."""
-    images = out_dir / IMAGES
-    if not images.is_dir():
-        return
-    for shard in os.scandir(images):
-        if not shard.is_dir():
-            continue
-        left = 0
-        for entry in os.scandir(shard.path):
-            if entry.is_file() and f"{IMAGES}/{shard.name}/{entry.name}" not in keep:
-                os.unlink(entry.path)
-            else:
-                left += 1
-        if not left:
-            os.rmdir(shard.path)
 
 
 def hash_files(
@@ -394,17 +392,46 @@ def hash_files(
     return digests, rejected
 
 
+def store_pixels(
+    out_dir: Path,
+    key: str,
+    live: list[str],
+    stored: dict[str, Location],
+    writer: ShardWriter,
+    shard_bytes: int,
+) -> dict[str, Location]:
+    """Locations of every live image after writing new shards and compacting old ones."""
+    locations = {loc.sha256: loc for loc in writer.close()}
+    locations.update((sha, stored[sha]) for sha in live if sha in stored)
+    locations = {sha: locations[sha] for sha in live}
+    rewrite = plan_compaction(locations, shard_bytes)
+    if rewrite:
+        reader = ShardReader(out_dir, locations.values())
+        mover = ShardWriter(shard_dir(out_dir), shard_bytes)
+        for sha in sorted(live, key=lambda s: (locations[s].shard, locations[s].offset)):
+            if locations[sha].shard in rewrite:
+                mover.add(sha, key, reader.image(sha))
+        locations.update((loc.sha256, loc) for loc in mover.close())
+    # the index names only shards that exist; old shards go only once it is replaced
+    write_locations(out_dir, locations.values())
+    remove_unlisted(out_dir, {loc.shard for loc in locations.values()})
+    return locations
+
+
 def clean_dataset(
     data_dir: Path,
     out_dir: Path,
     params: CleanParams,
     on_progress: Callable[[int, int], None] | None = None,
     hashes_file: Path | None = None,
+    *,
+    shard_bytes: int = SHARD_BYTES,
 ) -> CleanResult:
     """Clean data/ into out_dir, decoding only what the cache does not already hold.
 
     With `hashes_file`, a file whose size and mtime are unchanged since the last
-    run is not read again to hash it (as git and DVC do).
+    run is not read again to hash it (as git and DVC do). A shard that fails its
+    checksum is dropped and its images decoded again from data/.
     """
     listed = list_raw_images(data_dir)
     digests, unreadable = hash_files(data_dir, [rel for rel, _ in listed], hashes_file)
@@ -415,27 +442,38 @@ def clean_dataset(
 
     key = cache_key(params)
     index = {sha: e for sha, e in load_index(out_dir, key).items() if sha in first_with}
+    stored, bad_shards = verified_locations(out_dir, key)
+    writer = ShardWriter(shard_dir(out_dir), shard_bytes)
+    added: set[str] = set()
+
+    def decode_and_store(sha: str) -> None:
+        rel = first_with[sha]
+        entry, pixels = process((data_dir / rel).read_bytes(), sha, key, params)
+        index[sha] = entry
+        processed.append(rel)
+        if pixels is not None and fits(entry, params) and sha not in stored:
+            writer.add(sha, key, pixels)
+            added.add(sha)
+
     todo = [sha for sha in first_with if sha not in index]
     processed: list[str] = []
     for n, sha in enumerate(track(todo, description="decode", disable=not todo)):
-        rel = first_with[sha]
-        index[sha] = process((data_dir / rel).read_bytes(), sha, key, params, out_dir)
-        processed.append(rel)
+        decode_and_store(sha)
         if on_progress:
             on_progress(n + 1, len(todo))
 
     records, rejected = apply_rules(files, digests, index, params)
     rejected = sorted(rejected + unreadable, key=lambda r: r.path)
-    for rec in records:  # a cache file pruned earlier (e.g. the image was too small then)
-        if not (out_dir / rec.cache).is_file():
-            process((data_dir / rec.path).read_bytes(), rec.sha256, key, params, out_dir)
-            processed.append(rec.path)
-    prune(out_dir, {rec.cache for rec in records})
+    live = [rec.sha256 for rec in records]
+    for sha in live:  # pixels not stored: pruned earlier (e.g. too small then) or a bad shard
+        if sha not in stored and sha not in added:
+            decode_and_store(sha)
+    store_pixels(out_dir, key, live, stored, writer, shard_bytes)
     save_index(index, out_dir)
     raw_counts: dict[str, int] = {}
     for _, label in listed:
         raw_counts[printable(label)] = raw_counts.get(printable(label), 0) + 1
-    return CleanResult(records, rejected, processed, raw_counts)
+    return CleanResult(records, rejected, processed, raw_counts, bad_shards)
 
 
 # the stage's work as a Prefect task run: the same function, no second signature to keep

@@ -102,7 +102,7 @@ def find_label_issues(
     return pd.DataFrame(
         {
             "path": pool["path"].to_numpy()[ranked],
-            "cache": pool["cache"].to_numpy()[ranked],
+            "sha256": pool["sha256"].to_numpy()[ranked],
             "label": pool["label"].to_numpy()[ranked],
             "suggested": [classes[i] for i in suggested],
             "p_label": oof_probs[ranked, targets[ranked]].round(4),

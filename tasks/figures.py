@@ -86,8 +86,9 @@ def plot_reliability(
 def plot_gallery(
     rows: pd.DataFrame, image_dir: Path, title: str, out_png: Path, caption: str = "gallery"
 ) -> None:
-    """A grid of images (column `cache` under image_dir) captioned with `rows[caption]`."""
-    from tasks.augment import read_rgb
+    """A grid of cached images (column `sha256`, the clean cache in image_dir) captioned
+    with `rows[caption]`."""
+    from tasks.shards import ShardReader
 
     plt = pyplot()
     n = max(1, len(rows))
@@ -96,8 +97,9 @@ def plot_gallery(
     fig, axes = plt.subplots(lines, cols, figsize=(1.9 * cols, 2.2 * lines), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    reader = ShardReader(image_dir)
     for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
-        ax.imshow(read_rgb(image_dir / row["cache"]))
+        ax.imshow(reader.image(row["sha256"]))
         ax.set_title(row[caption], fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -34,7 +34,13 @@ from params import CleanParams, TrainParams
 from tasks import distributed
 from tasks.balance import BalancePlan
 from tasks.checkpoint import CheckpointSaver, load_checkpoint, rng_state, set_rng_state
-from tasks.dataset import CachedImages, default_workers, make_loader
+from tasks.dataset import (
+    CachedImages,
+    default_workers,
+    make_loader,
+    resolve_device_mode,
+    split_cores,
+)
 from tasks.ema import make_ema
 from tasks.inference import MODEL, autocast, load_model, model_payload, predict_logits
 from tasks.model import Classifier, build_classifier, pick_device
@@ -69,6 +75,7 @@ class TrainData:
     image_size: int
     balance: BalancePlan = field(default_factory=BalancePlan)
     clean: CleanParams = field(default_factory=CleanParams)
+    augment_device: str = "auto"  # augment.yaml `device`: where the v2-able transforms run
 
     @property
     def classes(self) -> list[str]:
@@ -350,6 +357,7 @@ class Run:
     generator: torch.Generator
     steps: Steps
     wrapped: _Wrapped
+    threads: int  # torch's intra-op threads before the run split the cores with its workers
 
     @property
     def evaluated(self) -> nn.Module:
@@ -376,8 +384,14 @@ def build_run(
     workers = default_workers(device) if params.num_workers == "auto" else params.num_workers
     train_rows = data.part("train") if train_rows is None else train_rows
     val_rows = data.part("val") if val_rows is None else val_rows
-    train_set = CachedImages(train_rows, data.clean_dir, data.train_pipeline, classes, params.seed)
+    mode = resolve_device_mode(data.augment_device, device)
+    train_set = CachedImages(
+        train_rows, data.clean_dir, data.train_pipeline, classes, params.seed, mode
+    )
     val_set = CachedImages(val_rows, data.clean_dir, data.eval_pipeline, classes)
+    threads = torch.get_num_threads()
+    if workers > 0:  # the loader's workers and this process's torch threads share the cores
+        torch.set_num_threads(min(threads, split_cores(workers)))
     generator = torch.Generator()
     sampler = data.balance.sampler(train_set.targets, classes, generator, ranks.world_size)
     if sampler is None and ranks.distributed:
@@ -395,13 +409,16 @@ def build_run(
         sampler=sampler,
         generator=generator,
         drop_last=len(train_set) > params.batch_size * ranks.world_size,
+        device=device,
     )
-    val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed)
+    val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed, device=device)
     steps = make_steps(
         clf, params, device, max(1, len(train_loader)), data.balance.loss_weight(classes)
     )
     wrapped = _Wrapped(clf.net, params, ranks, device)
-    return Run(clf, ranks, train_set, train_loader, val_loader, sampler, generator, steps, wrapped)
+    return Run(
+        clf, ranks, train_set, train_loader, val_loader, sampler, generator, steps, wrapped, threads
+    )
 
 
 @torch.no_grad()
@@ -528,6 +545,7 @@ def fit(
         if saver.stop:
             result.stopped_early = True
             break
+    torch.set_num_threads(run.threads)
     result.history = state.history
     result.best_epoch, result.best_score = saver.best_epoch, saver.best_score
     result.best_loss = saver.best_loss

@@ -352,3 +352,15 @@ def fifo_watch(root: Path) -> Iterator[list[str]]:
     finally:
         stop.set()
         thread.join()
+
+
+def write_cache(clean_dir: Path, images: dict[str, Image.Image]) -> None:
+    """A clean-stage cache holding `images` by content hash (as the clean stage writes it)."""
+    import numpy as np
+
+    from tasks.shards import ShardWriter, shard_dir, write_locations
+
+    writer = ShardWriter(shard_dir(clean_dir))
+    for sha, img in images.items():
+        writer.add(sha, "test", np.asarray(img.convert("RGB")))
+    write_locations(clean_dir, writer.close())

@@ -16,7 +16,7 @@ from tasks.augment import (
 )
 from tasks.balance import balance_plan, plan_table
 from tasks.model import LITE_MEAN, LITE_STD
-from tests.images import shape_image
+from tests.images import shape_image, write_cache
 
 
 def _image() -> np.ndarray:
@@ -56,11 +56,11 @@ def test_train_pipeline_is_random_and_eval_is_not():
 
 
 def test_preview_grid_is_a_png(tmp_path):
-    rows = []
+    rows, images = [], {}
     for label in ("circle", "square"):
-        img = shape_image(label, random.Random(1))
-        img.save(tmp_path / f"{label}.png")
-        rows.append({"label": label, "cache": f"{label}.png", "split": "train"})
+        images[f"{label}-sha"] = shape_image(label, random.Random(1))
+        rows.append({"label": label, "sha256": f"{label}-sha", "split": "train"})
+    write_cache(tmp_path, images)
     out = tmp_path / "preview.png"
     render_preview(pd.DataFrame(rows), tmp_path, AugmentParams(preview_per_class=3), out)
     with Image.open(out) as img:

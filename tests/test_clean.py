@@ -4,6 +4,7 @@ import random
 import shutil
 from dataclasses import asdict
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -12,7 +13,6 @@ from params import CleanParams
 from tasks.clean import (
     CACHE_INDEX,
     REASONS,
-    cache_rel,
     class_table,
     clean_dataset,
     clean_images,
@@ -23,6 +23,7 @@ from tasks.clean import (
 )
 from tasks.decode import RejectedImage, decode
 from tasks.duplicates import near_duplicate_components
+from tasks.shards import ShardReader
 from tests.images import (
     CLASSES,
     fifo_watch,
@@ -60,12 +61,12 @@ def test_every_rejection_reason_is_recorded_and_nothing_crashes(tmp_path):
     kept = {f"{p.parent.name}/{p.name}" for p in good} | {"square/a_original.png"}
     assert set(manifest["path"]) == kept
     assert manifest["sha256"].is_unique
+    reader = ShardReader(out)
     for row in manifest.itertuples():
-        with Image.open(out / row.cache) as cached:
-            assert cached.mode == "RGB" and max(cached.size) <= 32
+        cached = reader.image(row.sha256)
+        assert cached.dtype == "uint8" and cached.shape[2] == 3 and max(cached.shape) <= 32
     # the cache holds exactly the kept images: nothing of a rejected file is left
-    cached_files = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
-    assert cached_files == set(manifest["cache"])
+    assert set(reader.locations) == set(manifest["sha256"])
     assert pd.read_parquet(out / "manifest.parquet").equals(manifest)
 
 
@@ -79,10 +80,10 @@ def test_modes_are_converted_to_rgb_and_exif_orientation_applied(tmp_path):
     by_path = {r.path: r for r in records}
     assert {p: by_path[p].mode for p in modes} == modes
 
+    reader = ShardReader(out)
+
     def pixel(path: str) -> tuple[int, ...]:
-        with Image.open(out / by_path[path].cache) as img:
-            assert img.mode == "RGB"
-            return img.getpixel((5, 5))
+        return tuple(int(v) for v in reader.image(by_path[path].sha256)[5, 5])
 
     assert pixel("square/rgba.png") == (255, 255, 255)  # transparent → background
     assert pixel("square/la.png") == (255, 255, 255)
@@ -132,10 +133,6 @@ def test_near_duplicate_components_are_transitive():
     assert len(set(near_duplicate_components(hashes, threshold=0))) == 4
 
 
-def _listing(out):
-    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-
-
 def test_incremental_clean_decodes_only_new_files_and_equals_a_full_run(tmp_path):
     data = tmp_path / "data"
     write_image_folder(data, per_class=20)
@@ -157,10 +154,16 @@ def test_incremental_clean_decodes_only_new_files_and_equals_a_full_run(tmp_path
     full = clean_dataset(data, full_out, params)
     assert [asdict(r) for r in third.records] == [asdict(r) for r in full.records]
     assert third.rejected == full.rejected
-    assert _listing(out) == _listing(full_out)
+    assert_same_cache(out, full_out)
+
+
+def assert_same_cache(out, full_out):
+    """What a full run writes: the same index and every image's pixels (shards may differ)."""
     assert pd.read_parquet(out / CACHE_INDEX).equals(pd.read_parquet(full_out / CACHE_INDEX))
-    for name in _listing(full_out):
-        assert (out / name).read_bytes() == (full_out / name).read_bytes(), name
+    mine, full = ShardReader(out), ShardReader(full_out)
+    assert sorted(mine.locations) == sorted(full.locations)
+    for sha in full.locations:
+        assert (mine.image(sha) == full.image(sha)).all(), sha
 
 
 def test_filter_params_reuse_the_cache_and_decode_params_invalidate_it(tmp_path):
@@ -171,7 +174,7 @@ def test_filter_params_reuse_the_cache_and_decode_params_invalidate_it(tmp_path)
     first = clean_dataset(data, out, CleanParams(max_side=32, min_side=8))
     assert "circle/small.png" in {r.path for r in first.rejected}
     small_sha = hashlib.sha256((data / "circle" / "small.png").read_bytes()).hexdigest()
-    assert not (out / cache_rel(small_sha)).exists()  # rejected: pruned from the cache
+    assert small_sha not in ShardReader(out)  # rejected: its pixels are not stored
 
     # lowering min_side keeps small.png: only its cache file (pruned when it was rejected) is made
     second = clean_dataset(data, out, CleanParams(max_side=32, min_side=4))
@@ -181,9 +184,9 @@ def test_filter_params_reuse_the_cache_and_decode_params_invalidate_it(tmp_path)
     # a new max_side changes every cached image: everything is decoded again
     third = clean_dataset(data, out, CleanParams(max_side=24, min_side=4))
     assert len(third.processed) == 16
+    reader = ShardReader(out)
     for rec in third.records:
-        with Image.open(out / rec.cache) as img:
-            assert max(img.size) <= 24
+        assert max(reader.image(rec.sha256).shape) <= 24
 
 
 def test_a_deleted_raw_file_leaves_no_trace_in_the_cache(tmp_path):
@@ -194,7 +197,7 @@ def test_a_deleted_raw_file_leaves_no_trace_in_the_cache(tmp_path):
     paths[0].unlink()
     result = clean_dataset(data, out, CleanParams())
     assert len(pd.read_parquet(out / CACHE_INDEX)) == len(result.records) == 8
-    assert len(list((out / "images").rglob("*.png"))) == 8
+    assert len(ShardReader(out).locations) == 8
 
 
 def test_sources_columns_ride_into_the_manifest(tmp_path):
@@ -258,11 +261,11 @@ def test_clean_one_gives_the_cached_pixels(tmp_path):
     (data / "square" / "rotated.jpg").write_bytes(rotated_jpeg_bytes())
     params = CleanParams(max_side=16, near_duplicates="off")
     records, _ = clean_images.fn(data, tmp_path / "clean", params)
+    reader = ShardReader(tmp_path / "clean")
     for rec in records:
         image, size = clean_one((data / rec.path).read_bytes(), params)
         assert size == (rec.width, rec.height)
-        with Image.open(tmp_path / "clean" / rec.cache) as cached:
-            assert list(image.getdata()) == list(cached.convert("RGB").getdata()), rec.path
+        assert (np.asarray(image) == reader.image(rec.sha256)).all(), rec.path
     with pytest.raises(RejectedImage) as err:
         clean_one(image_bytes(Image.new("RGB", (4, 4))), params)
     assert err.value.reason == "too_small"

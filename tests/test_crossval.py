@@ -63,7 +63,7 @@ def test_label_issues_rank_confidently_disputed_labels_first():
     pool = pd.DataFrame(
         {
             "path": [f"{i}.png" for i in range(8)],
-            "cache": [f"{i}.png" for i in range(8)],
+            "sha256": [f"sha{i}" for i in range(8)],
             "label": ["cat"] * 4 + ["dog"] * 4,
             "fold": [0, 1] * 4,
         }

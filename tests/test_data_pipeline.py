@@ -13,6 +13,7 @@ import pytest
 from flows.collect import run_collect
 from params import CleanParams
 from tasks.clean import clean_dataset
+from tasks.shards import SHARDS, ShardReader
 from tests.images import truncated_png, write_image_folder
 from tests.project import make_project, sh
 
@@ -55,6 +56,8 @@ def project(tmp_path_factory, prefect_server):
     root = make_project(base / "project", PARAMS)
     run_collect("manifest", str(source / "manifest.csv"), str(root))  # in-process: see test_collect
     first = sh("dvc", "repro", "augment", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "first data", cwd=root)
     return root, source, groups, first
 
 
@@ -102,8 +105,11 @@ def test_adding_images_decodes_only_them_and_moves_no_old_image(project, tmp_pat
     write_image_folder(source, per_class=1, seed=3)
     _manifest_csv(source, groups).to_csv(source / "manifest.csv", index=False)
     run_collect("manifest", str(source / "manifest.csv"), str(root))  # in-process: see test_collect
+    shards_before = set((root / "artifacts" / "clean" / SHARDS).iterdir())
     second = sh("dvc", "repro", "augment", cwd=root)
     assert _decoded(second.stdout + second.stderr) == (3, 40)
+    shards_after = set((root / "artifacts" / "clean" / SHARDS).iterdir())
+    assert len(shards_after - shards_before) == 1  # one new shard, beside the old one
 
     after = pd.read_parquet(root / "artifacts" / "split" / "split.parquet").set_index("path")
     assert len(after) == len(before) + 3
@@ -117,6 +123,24 @@ def test_adding_images_decodes_only_them_and_moves_no_old_image(project, tmp_pat
     columns = [c for c in incremental.columns if c not in ("original_label", "source", "group")]
     expected = pd.DataFrame([r.__dict__ for r in full.records])[columns]
     assert incremental[columns].equals(expected)
+    assert "Data and pipelines are up to date." in sh("dvc", "status", "augment", cwd=root).stdout
+
+
+def test_dvc_checkout_restores_a_matching_cache(project):
+    root = project[0]
+    clean = root / "artifacts" / "clean"
+    now = {name: (root / name).read_text() for name in ("dvc.lock", "data.dvc")}
+    sh("git", "checkout", "HEAD", "--", "dvc.lock", "data.dvc", cwd=root)  # the first data
+    sh("dvc", "checkout", "data.dvc", "clean", "split", "augment", cwd=root)
+    manifest = pd.read_parquet(clean / "manifest.parquet")
+    assert len(manifest) == 36 and len(list((clean / SHARDS).glob("*.npy"))) == 1
+    reader = ShardReader(clean)
+    assert [reader.image(sha).shape[2] for sha in manifest["sha256"]] == [3] * 36
+    assert "Data and pipelines are up to date." in sh("dvc", "status", "augment", cwd=root).stdout
+    for name, text in now.items():
+        (root / name).write_text(text)
+    sh("dvc", "checkout", "data.dvc", "clean", "split", "augment", cwd=root)
+    assert len(pd.read_parquet(clean / "manifest.parquet")) == 39
     assert "Data and pipelines are up to date." in sh("dvc", "status", "augment", cwd=root).stdout
 
 

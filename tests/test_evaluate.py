@@ -13,6 +13,7 @@ from sklearn.metrics import (
 from flows.evaluate import misclassified_gallery
 from tasks.evaluate import confusion_frame, evaluate_predictions, expected_calibration_error
 from tasks.figures import plot_confusion, plot_gallery, plot_reliability
+from tests.images import write_cache
 
 CLASSES = ["a", "b", "c"]
 TARGETS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
@@ -99,9 +100,9 @@ def test_figures_and_the_misclassified_gallery(tmp_path):
 
     probs = known_probs()
     ev = evaluate_predictions(probs, TARGETS, CLASSES, [f"{i}.png" for i in range(10)], top_k=2)
-    for i in range(10):
-        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")
-    predictions = ev.predictions.assign(cache=[f"{i}.png" for i in range(10)])
+    images = {f"sha{i}": Image.new("RGB", (16, 16), (i * 20, 0, 0)) for i in range(10)}
+    write_cache(tmp_path, images)
+    predictions = ev.predictions.assign(sha256=[f"sha{i}" for i in range(10)])
     gallery = misclassified_gallery(predictions, 2)
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
     assert len(gallery) == 2
