@@ -9,12 +9,12 @@ from prefect import flow
 
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import publish_image, publish_markdown
 from params import AugmentParams, TrainParams
 from tasks.augment import build_pipelines, render_preview, save_pipeline
 from tasks.balance import balance_plan, plan_table
 from tasks.files import fresh_dir, write_json
 from tasks.model import preprocessing
-from tasks.report import publish_image, publish_markdown
 
 
 @flow(name="augment", flow_run_name=stage_run_name("augment"), log_prints=True)

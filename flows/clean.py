@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.utilities.annotations import quote
 
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import ProgressArtifact, publish_markdown, publish_table
 from params import CleanParams
 from tasks.clean import (
     OWN_FILES,
@@ -27,7 +27,6 @@ from tasks.clean import (
     write_manifest,
 )
 from tasks.files import write_csv
-from tasks.report import publish_markdown, publish_table
 
 
 def keep_only_own_files(out: Path) -> Path:
@@ -43,15 +42,7 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
     log = get_run_logger()
     project = Project(Path(root))
     out = keep_only_own_files(project.artifacts("clean"))
-    progress = create_progress_artifact(0.0, key="clean-progress", description="decoding")
-    step = {"last": 0.0}
-
-    def on_progress(done: int, total: int) -> None:
-        percent = 100.0 * done / total
-        if percent - step["last"] >= 5 or done == total:
-            step["last"] = percent
-            update_progress_artifact(progress, percent)
-
+    on_progress = ProgressArtifact("clean-progress", "decoding", step=5)
     # raw-file hashes by size + mtime: kept out of the DVC-tracked folder (machine-specific)
     hashes = project.root / ".cache" / "clean_raw_hashes.parquet"
     result = clean_task(project.data, out, params, on_progress, hashes)

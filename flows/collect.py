@@ -13,6 +13,7 @@ from prefect.utilities.annotations import quote
 
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import publish_markdown, publish_table
 from tasks.collect import (
     CollectReport,
     changes_by_class,
@@ -29,7 +30,6 @@ from tasks.collect import (
     write_items,
 )
 from tasks.download import DownloadLimits, DownloadRefused, download_task
-from tasks.report import publish_markdown, publish_table
 from tasks.sources import (
     DEMO_PER_CLASS,
     Refusal,

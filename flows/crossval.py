@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.inputs import train_data
 from flows.project import Project
+from flows.report import ProgressArtifact, publish_image, publish_markdown, publish_table
 from params import CrossvalParams, TrainParams
 from tasks.crossval import FoldResult, describe, run_crossval
 from tasks.figures import plot_gallery
 from tasks.files import write_csv, write_json
-from tasks.report import publish_image, publish_markdown, publish_table
 from tasks.tune import apply_best_params
 
 ARTIFACTS = "crossval"
@@ -34,7 +33,7 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
     if best_params.is_file():
         train = apply_best_params(best_params, train)
     log = get_run_logger()
-    progress = create_progress_artifact(0.0, key="crossval-progress", description="folds")
+    progress = ProgressArtifact("crossval-progress", "folds")
 
     def on_fold(result: FoldResult, n_folds: int) -> None:
         log.info(
@@ -44,7 +43,7 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
             result.n_val,
             result.metrics["accuracy"],
         )
-        update_progress_artifact(progress, 100.0 * (result.fold + 1) / n_folds)
+        progress(result.fold + 1, n_folds)
 
     cv = run_crossval(train, params, train_data(project), out, on_fold=on_fold)
     folds = pd.DataFrame(

@@ -9,13 +9,13 @@ from prefect import flow
 
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import publish_image, publish_markdown, publish_table
 from params import EvaluateParams
 from tasks.evaluate import confusion_frame, evaluate_predictions, misclassified_gallery
 from tasks.figures import plot_confusion, plot_gallery, plot_reliability
 from tasks.files import fresh_dir, write_csv, write_json
 from tasks.inference import MODEL, predict_probs
 from tasks.model import pick_device
-from tasks.report import publish_image, publish_markdown, publish_table
 
 
 @flow(name="evaluate", flow_run_name=stage_run_name("evaluate"), log_prints=True)

@@ -9,10 +9,10 @@ from prefect import flow
 from flows.inputs import train_data
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import publish_image
 from params import TrainParams
 from tasks.files import write_csv, write_json
 from tasks.lr_find import LRFind, lr_range_test, plot_lr_find
-from tasks.report import publish_image
 
 
 @flow(name="lr-find", flow_run_name=stage_run_name("lr-find"), log_prints=True)

@@ -21,6 +21,7 @@ from flows.collect import run_collect
 from flows.naming import stage_run_name
 from flows.pipeline import pipeline_flow
 from flows.project import Project
+from flows.report import publish_markdown
 from params import RetrainParams
 from tasks.download import DownloadLimits
 from tasks.registry import (
@@ -31,7 +32,6 @@ from tasks.registry import (
     read_registry,
     record_decision,
 )
-from tasks.report import publish_markdown
 from tasks.train import MODEL
 from tasks.versioning import commit_and_tag, data_version, dvc_push, dvc_track, git_head
 

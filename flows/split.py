@@ -9,9 +9,9 @@ from prefect import flow, get_run_logger
 
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import publish_markdown
 from params import SplitParams
 from tasks.files import fresh_dir, write_csv, write_parquet
-from tasks.report import publish_markdown
 from tasks.split import SPLITS, fold_counts, split_counts, split_task
 
 

@@ -8,15 +8,14 @@ from pathlib import Path
 import pandas as pd
 from dvclive import Live
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.inputs import train_data
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import ProgressArtifact, publish_image, publish_markdown
 from params import TrainParams
 from tasks.curves import plot_curves
 from tasks.files import write_csv
-from tasks.report import publish_image, publish_markdown
 from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fingerprint
 from tasks.tune import apply_best_params, searched_overrides
 
@@ -41,7 +40,7 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     log.info("training %s on %d classes", params.model, len(data.classes))
     if overridden:
         log.warning(overridden)
-    progress = create_progress_artifact(0.0, key="train-progress", description="epochs")
+    progress = ProgressArtifact("train-progress", "epochs")
     checkpoint = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data))
     resume = checkpoint is not None
     if checkpoint is not None:
@@ -67,7 +66,7 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
                 m.images_per_s,
                 100 * m.data_wait,
             )
-            update_progress_artifact(progress, 100.0 * (m.epoch + 1) / params.epochs)
+            progress(m.epoch + 1, params.epochs)
 
         result = fit(params, data, out_dir=out, on_epoch=on_epoch)
     history = pd.DataFrame([asdict(m) for m in result.history])

@@ -12,9 +12,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from flows.inputs import train_data
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.report import publish_image, publish_markdown, publish_table
 from params import TrainParams, TuneParams
 from tasks.files import write_csv, write_json, write_yaml
-from tasks.report import publish_image, publish_markdown, publish_table
 from tasks.tune import (
     STUDY_DIR,
     best_record,

@@ -11,7 +11,12 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 
 def artifact_key(text: str) -> str:
@@ -35,3 +40,18 @@ def image_markdown(png: Path, title: str) -> str:
 
 def publish_image(key: str, png: Path, title: str) -> None:
     publish_markdown(key, image_markdown(png, title), description=title)
+
+
+class ProgressArtifact:
+    """A progress bar in the UI for a long loop: call it with (done, total); it updates
+    the artifact only every `step` percent, so a 10k-image loop does not flood the API."""
+
+    def __init__(self, key: str, description: str, step: float = 0.0) -> None:
+        self.id = create_progress_artifact(0.0, key=artifact_key(key), description=description)
+        self.step, self.last = step, -1.0
+
+    def __call__(self, done: float, total: float) -> None:
+        percent = min(100.0, 100.0 * done / max(total, 1e-9))
+        if percent - self.last >= self.step or percent >= 100.0:
+            self.last = percent
+            update_progress_artifact(self.id, percent)
