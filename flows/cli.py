@@ -268,12 +268,24 @@ def check_params() -> None:
 
 
 @app.command()
-def tune() -> None:
+def tune(
+    worker: bool = typer.Option(
+        False, help="only pull trials of the shared study until the budget is met"
+    ),
+) -> None:
     """Run the Optuna search (and any stale stage before it); a killed search resumes."""
     from flows.pipeline import pipeline_flow
 
     project = _project()
     _validated(project)
+    if worker:
+        from flows.tune import tune_worker_flow
+
+        result = tune_worker_flow(
+            project.params("tune"), project.params("train"), str(project.root)
+        )
+        console.print(f"{result.get('trials_run', 0)} trial(s) run by this worker")
+        return
     pipeline_flow(str(project.root), until="tune")
     best = project.artifacts("tune") / "best_params.yaml"
     if best.is_file():
