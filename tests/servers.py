@@ -44,11 +44,27 @@ def _drop_root_and_die_with_parent(user: pwd.struct_passwd | None, sig: int):
     return preexec
 
 
+PREFIX = "visiontune-pg-"
+
+
+def _remove_dead_clusters() -> None:
+    """Temp dirs left by a test process killed with -9 (its server died with it)."""
+    for old in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        pid_file = old / "data" / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+            continue  # its server still runs (another test session)
+        if time.time() - old.stat().st_mtime > 60:  # not one that is just starting
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def postgres_server(port: int) -> Iterator[str]:
     """A fresh PostgreSQL cluster on 127.0.0.1:`port`; yields its URL (user postgres, trust)."""
     bin_dir = postgres_bin()
-    root = Path(tempfile.mkdtemp(prefix="visiontune-pg-"))
+    _remove_dead_clusters()
+    root = Path(tempfile.mkdtemp(prefix=PREFIX))
     user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
