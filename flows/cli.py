@@ -200,10 +200,15 @@ def _validated(project: Project) -> None:
 def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> None:  # type: ignore[valid-type]
     """Run one stage's flow now (the cmd of each dvc.yaml stage; `dvc repro` calls this)."""
     from flows.pipeline import run_stage
-    from tasks.distributed import ranks
+    from tasks.distributed import launched_command, ranks
 
     project = _project()
     _validated(project)
+    if name.value == "train" and (command := launched_command([sys.argv[0], "stage", "train"])):
+        import subprocess
+
+        console.print(f"launching: {' '.join(command)}")
+        raise typer.Exit(subprocess.run(command).returncode)  # $VISIONTUNE_LAUNCHER, e.g. torchrun
     if name.value == "train" and not ranks().is_main:  # torchrun: only rank 0 runs the flow
         from flows.train import train_worker
 

@@ -59,3 +59,37 @@ def test_two_ranks_train_in_step_and_only_rank_0_writes(tmp_path):
     state = load_torch(out / CHECKPOINT)
     assert state["epoch"] == 1 and (out / MODEL).is_file()
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, MODEL]
+
+
+def test_dvc_repro_trains_under_the_launcher_from_the_environment(tmp_path, prefect_server):
+    """`VISIONTUNE_LAUNCHER` puts the train stage's own cmd under torchrun: 2 ranks on gloo."""
+    from flows.collect import run_collect
+    from flows.pipeline import pipeline_flow
+    from flows.server import free_port
+    from tests.images import write_image_folder
+    from tests.project import TINY_PARAMS, make_project, sh
+
+    source = tmp_path / "source"
+    write_image_folder(source, per_class=8)
+    params = {**TINY_PARAMS, "tune": {"n_trials": 0}}
+    project = make_project(tmp_path / "project", params)
+    run_collect("folder", str(source), str(project))
+    pipeline_flow(str(project), until="tune")  # in-process: only train is left for dvc
+    logs = tmp_path / "ranks"
+    launcher = (
+        f"{sys.executable} -m torch.distributed.run --nproc-per-node=2"
+        f" --master-addr=127.0.0.1 --master-port={free_port(29600)}"
+        f" --log-dir={logs} --redirects=3"
+    )
+    os.environ["VISIONTUNE_LAUNCHER"] = launcher
+    try:
+        repro = sh("dvc", "repro", "train", cwd=project)
+    finally:
+        del os.environ["VISIONTUNE_LAUNCHER"]
+    assert "Running stage 'train'" in repro.stdout
+    assert "launching: " in repro.stdout and "torch.distributed.run" in repro.stdout
+    ranks = sorted(p.parent.name for p in logs.rglob("stdout.log"))
+    assert ranks == ["0", "1"], list(logs.rglob("*"))
+    assert (project / "artifacts" / "train" / "model.pt").is_file()
+    status = sh("dvc", "status", "train", cwd=project)
+    assert "up to date" in status.stdout, status.stdout
