@@ -1,6 +1,7 @@
 """DDP under torchrun, on CPU with the Gloo backend: two ranks stay in step, only rank 0 writes."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,12 +62,16 @@ def test_two_ranks_train_in_step_and_only_rank_0_writes(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, MODEL]
 
 
-def test_dvc_repro_trains_under_the_launcher_from_the_environment(tmp_path, prefect_server):
-    """`VISIONTUNE_LAUNCHER` puts the train stage's own cmd under torchrun: 2 ranks on gloo."""
+def test_dvc_repro_trains_on_two_nodes_under_the_launcher_from_the_environment(
+    tmp_path, prefect_server
+):
+    """The README's two-node recipe on one machine: node 0 is `dvc repro train` under
+    `VISIONTUNE_LAUNCHER`, node 1 a plain torchrun of `visiontune stage train`; Gloo ranks."""
     from flows.collect import run_collect
     from flows.pipeline import pipeline_flow
     from flows.server import free_port
     from tests.images import write_image_folder
+    from tests.processes import start
     from tests.project import TINY_PARAMS, make_project, sh
 
     source = tmp_path / "source"
@@ -76,20 +81,35 @@ def test_dvc_repro_trains_under_the_launcher_from_the_environment(tmp_path, pref
     run_collect("folder", str(source), str(project))
     pipeline_flow(str(project), until="tune")  # in-process: only train is left for dvc
     logs = tmp_path / "ranks"
-    launcher = (
-        f"{sys.executable} -m torch.distributed.run --nproc-per-node=2"
-        f" --master-addr=127.0.0.1 --master-port={free_port(29600)}"
-        f" --log-dir={logs} --redirects=3"
+    torchrun = (
+        f"{sys.executable} -m torch.distributed.run --nnodes=2 --nproc-per-node=1"
+        f" --rdzv-backend=static --rdzv-endpoint=127.0.0.1:{free_port(29600)}"
     )
-    os.environ["VISIONTUNE_LAUNCHER"] = launcher
+    node1 = start(
+        *torchrun.split(),
+        "--node-rank=1",
+        f"--log-dir={logs / 'node1'}",
+        "--redirects=3",
+        shutil.which("visiontune") or "visiontune",
+        "stage",
+        "train",
+        cwd=project,
+    )
+    os.environ["VISIONTUNE_LAUNCHER"] = (
+        f"{torchrun} --node-rank=0 --log-dir={logs / 'node0'} --redirects=3"
+    )
     try:
         repro = sh("dvc", "repro", "train", cwd=project)
+        assert node1.wait(timeout=300) == 0
     finally:
         del os.environ["VISIONTUNE_LAUNCHER"]
+        if node1.poll() is None:
+            os.killpg(node1.pid, 9)
+            node1.wait()
     assert "Running stage 'train'" in repro.stdout
     assert "launching: " in repro.stdout and "torch.distributed.run" in repro.stdout
-    ranks = sorted(p.parent.name for p in logs.rglob("stdout.log"))
-    assert ranks == ["0", "1"], list(logs.rglob("*"))
+    ranks = sorted(p.relative_to(logs).parts[0] for p in logs.rglob("stdout.log"))
+    assert ranks == ["node0", "node1"], list(logs.rglob("*"))
     assert (project / "artifacts" / "train" / "model.pt").is_file()
     status = sh("dvc", "status", "train", cwd=project)
     assert "up to date" in status.stdout, status.stdout
