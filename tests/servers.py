@@ -135,3 +135,36 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 30) 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def s3_server(port: int) -> Iterator[str]:
+    """moto's S3-compatible server on 127.0.0.1:`port` (in memory); yields its endpoint URL."""
+    import shutil as _shutil
+    import sys
+    import urllib.request
+
+    exe = _shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise RuntimeError("moto[server] is not installed: pip install -e '.[dev]'")
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_drop_root_and_die_with_parent(None, signal.SIGTERM),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the S3 server did not start") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        stop(proc, sig=signal.SIGTERM)
