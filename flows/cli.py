@@ -42,10 +42,15 @@ def _setup() -> None:
 def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> None:  # type: ignore[valid-type]
     """Run one stage's flow now (the cmd of each dvc.yaml stage; `dvc repro` calls this)."""
     from flows.pipeline import run_stage
-    from tasks.distributed import ranks
+    from tasks.distributed import launched_command, ranks
 
     project = current_project()
     validated(project)
+    if name.value == "train" and (command := launched_command([sys.argv[0], "stage", "train"])):
+        import subprocess
+
+        console.print(f"launching: {' '.join(command)}")
+        raise typer.Exit(subprocess.run(command).returncode)  # $VISIONTUNE_LAUNCHER, e.g. torchrun
     if any(not (project.root / path).exists() for path in STAGES[name.value].reads):
         _fail_if_stale(project, name.value, "its inputs are missing")
     try:
@@ -144,12 +149,24 @@ def check_params() -> None:
 
 
 @app.command()
-def tune() -> None:
+def tune(
+    worker: bool = typer.Option(
+        False, help="only pull trials of the shared study until the budget is met"
+    ),
+) -> None:
     """Run the Optuna search (and any stale stage before it); a killed search resumes."""
     from flows.pipeline import pipeline_flow
 
     project = current_project()
     validated(project)
+    if worker:
+        from flows.tune import tune_worker_flow
+
+        result = tune_worker_flow(
+            project.params("tune"), project.params("train"), str(project.root)
+        )
+        console.print(f"{result.get('trials_run', 0)} trial(s) run by this worker")
+        return
     pipeline_flow(str(project.root), until="tune")
     best = project.artifacts("tune") / "best_params.yaml"
     if best.is_file():

@@ -18,6 +18,7 @@ from tasks.files import write_csv, write_json, write_yaml
 from tasks.tune import (
     STUDY_DIR,
     best_record,
+    finished_trials,
     passthrough_record,
     run_search,
     save_plots,
@@ -80,3 +81,33 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
         + pd.Series(record["params"]).to_frame("value").to_markdown(),
     )
     return record
+
+
+@flow(name="tune-worker", log_prints=True)
+def tune_worker_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
+    """Pull trials of the shared study until `n_trials` have finished; writes no outputs.
+
+    Start as many as you like, on this machine or others that reach the same storage
+    (`storage: postgresql://…`) and hold the same data (`dvc pull`); the tune stage
+    (`visiontune tune`, `dvc repro`) then writes best_params.yaml once.
+    """
+    log = get_run_logger()
+    if params.n_trials == 0:
+        log.info("tune.n_trials is 0: nothing to search")
+        return {"trials_run": 0}
+    project = Project(Path(root))
+    ran: list[dict] = []
+
+    def on_trial(result: dict, finished: int) -> None:
+        ran.append(result)
+        log.info(
+            "trial %d %s value=%s (%d/%d finished)",
+            result["number"],
+            result["state"],
+            result["value"],
+            finished,
+            params.n_trials,
+        )
+
+    study = run_search(params, train, project.train_data(), project.artifacts("tune"), on_trial)
+    return {"study": study.study_name, "trials_run": len(ran), "finished": finished_trials(study)}

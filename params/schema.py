@@ -321,7 +321,17 @@ class TuneParams(_Params):
 
     n_trials: int = Field(0, ge=0, description="trials to finish (complete or pruned)")
     n_jobs: int = Field(1, ge=1, description="trials running at once")
-    parallel: Literal["thread", "process"] = "thread"
+    parallel: Literal["thread", "process", "dask"] = Field(
+        "thread", description="how `n_jobs` trials run at once: threads, processes or Dask"
+    )
+    dask_address: str | None = Field(
+        None,
+        description="parallel: dask: the scheduler (tcp://host:8786); "
+        "null = a LocalCluster of n_jobs one-thread workers",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per trial; null = cores // n_jobs"
+    )
     epochs: int = Field(2, ge=1, description="epochs per trial")
     timeout: float | None = Field(None, gt=0, description="seconds for the whole search")
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"

@@ -5,15 +5,23 @@ processes; each trains on its DistributedSampler shard, gradients are
 all-reduced by DistributedDataParallel, and only rank 0 writes checkpoints,
 the model file, curves and Prefect artifacts. Without torchrun this is one
 process of rank 0.
+
+`dvc repro` trains distributed too: with `VISIONTUNE_LAUNCHER="torchrun
+--nproc-per-node=2"` in the environment, `visiontune stage train` (the stage's
+cmd) runs itself again under that launcher, so dvc.yaml stays the same on one
+machine and on many.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+LAUNCHER_ENV = "VISIONTUNE_LAUNCHER"
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,17 @@ def ranks() -> Ranks:
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
     )
+
+
+def launched_command(command: list[str]) -> list[str] | None:
+    """`command` prefixed by $VISIONTUNE_LAUNCHER; None when unset or already launched.
+
+    A process that torchrun started has RANK set: it must train, not launch again.
+    """
+    launcher = shlex.split(os.environ.get(LAUNCHER_ENV, ""))
+    if not launcher or "RANK" in os.environ:
+        return None
+    return [*launcher, *command]
 
 
 def init(device: torch.device) -> Ranks:

@@ -6,23 +6,32 @@ the search config, the train params and the data. So a search that was killed
 resumes where it stopped: finished trials are kept, trials left RUNNING stop
 sending heartbeats and are failed (and retried) after `grace_period`, and the
 study continues until `n_trials` trials have finished (complete or pruned).
+
+Several processes or machines can share one study (`storage: postgresql://…`):
+each trial first claims one of the budget's `n_trials` places under a lock
+(a PostgreSQL advisory lock, else a file lock beside the study), so however
+many workers pull trials, exactly `n_trials` finish.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import os
+import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -48,8 +57,37 @@ def study_name(tune: TuneParams, base: TrainParams, data: TrainData) -> str:
     return "visiontune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+class RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage, whose stale-trial check also fails trials that never beat.
+
+    Optuna only fails a RUNNING trial whose last heartbeat is older than the grace
+    period; a trial killed between its start and its first heartbeat has none and
+    stayed RUNNING for ever. A trial's heartbeat thread beats as soon as it starts,
+    so a RUNNING trial older than the grace period without one is dead too.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 1)
+        started_before = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=grace)
+        with _create_scoped_session(self.scoped_session) as session:
+            silent = (
+                session.query(models.TrialModel.trial_id)
+                .outerjoin(models.TrialHeartbeatModel)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+                .filter(models.TrialModel._datetime_start_utc < started_before)  # stored in UTC
+                .all()
+            )
+        return stale + [trial_id for (trial_id,) in silent if trial_id not in stale]
+
+
 def make_storage(tune: TuneParams, out_dir: Path) -> optuna.storages.BaseStorage:
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry)
+    retry = _retry_under_lock(tune, out_dir)
     if tune.storage and tune.storage.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -60,12 +98,95 @@ def make_storage(tune: TuneParams, out_dir: Path) -> optuna.storages.BaseStorage
     if url is None:
         (out_dir / STUDY_DIR).mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(out_dir / STUDY_DIR / 'study.db').as_posix()}"
-    return optuna.storages.RDBStorage(
+    return RDBStorage(
         url,
         heartbeat_interval=tune.heartbeat_interval,
         grace_period=tune.grace_period,
         heartbeat_stale_trial_callback=retry,
     )
+
+
+def _retry_under_lock(tune: TuneParams, out_dir: Path) -> Callable:
+    """Re-queue a stale trial (up to max_retry times) under the budget lock: see claim_trial."""
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry)
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        with study_lock(tune, out_dir, study.study_name):
+            retry(study, trial)
+
+    return callback
+
+
+@functools.cache
+def _lock_engine(url: str):  # one per process and URL; NullPool: no idle connections kept
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    return sqlalchemy.create_engine(url, poolclass=NullPool)
+
+
+@contextlib.contextmanager
+def study_lock(tune: TuneParams, out_dir: Path, name: str) -> Iterator[None]:
+    """Mutual exclusion between every process that works on study `name`.
+
+    PostgreSQL storage: an advisory lock on the server (processes on any machine).
+    Otherwise: an flock on a file beside the study (processes on this machine).
+    """
+    url = tune.storage or ""
+    if url.startswith(("postgresql:", "postgresql+", "postgres:")):
+        import sqlalchemy
+
+        key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)  # fits a bigint
+        with _lock_engine(url).connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+        return
+    if url.startswith("journal:"):
+        lock_path = Path(url.removeprefix("journal:") + ".lock")
+    else:
+        lock_path = out_dir / STUDY_DIR / f"{name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+CLAIM = "visiontune_claimed_at"  # user attr of a WAITING trial some process is about to run
+
+
+def claim_trial(study: optuna.Study, tune: TuneParams, out_dir: Path) -> bool:
+    """Reserve one of the budget's `n_trials` places; False when all are taken.
+
+    Taken: finished and RUNNING trials, and WAITING trials claimed in the last
+    grace period (a claimant pops a waiting trial right after). A claim takes a
+    free WAITING trial (a re-queued stale one) or enqueues a new one; the caller's
+    `optimize` then pops a waiting trial, so it never creates one past the budget.
+    """
+    with study_lock(tune, out_dir, study.study_name):
+        now = time.time()
+        trials = study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+
+        def claimed(t: FrozenTrial) -> bool:
+            return now - t.user_attrs.get(CLAIM, float("-inf")) < tune.grace_period
+
+        taken = sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials)
+        taken += sum(claimed(t) for t in waiting)
+        if taken >= tune.n_trials:
+            return False
+        free = [t for t in waiting if not claimed(t)]
+        if free:
+            study._storage.set_trial_user_attr(free[0]._trial_id, CLAIM, now)
+        else:
+            study.enqueue_trial({}, user_attrs={CLAIM: now})
+        return True
 
 
 def _pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
@@ -119,6 +240,7 @@ def objective(
     maximize = tune.metric == "val_accuracy"
 
     def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it
         params = trial_params(trial, tune, base)
         values: list[float] = []
 
@@ -161,20 +283,20 @@ def trial_task(
     # every call builds a fresh sampler: seed it per slot and study size, or each
     # one would draw the same "random" startup point
     existing = len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=tune.seed + 7919 * existing + 104729 * slot)
+    seed = (tune.seed + 7919 * existing + 104729 * slot) % 2**32
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
     remaining = None if deadline is None else deadline - time.time()
     if remaining is not None and remaining <= 0:
         return None
+    if not claim_trial(study, tune, out_dir):
+        return None
     ran: list[FrozenTrial] = []
-    study.optimize(
+    study.optimize(  # pops the waiting trial claim_trial made or took: never a new one
         objective(tune, base, data),
         n_trials=1,
         timeout=remaining,
         catch=(RuntimeError, ValueError, FloatingPointError),
-        callbacks=[
-            MaxTrialsCallback(tune.n_trials, states=FINISHED),
-            lambda _study, trial: ran.append(trial),
-        ],
+        callbacks=[lambda _study, trial: ran.append(trial)],
     )
     if not ran:
         return None
@@ -188,10 +310,23 @@ def trial_task(
 
 
 def search_parallelism(tune: TuneParams) -> tuple[object, int | None]:
-    """(Prefect task runner, torch threads per trial) for `n_jobs` trials at once."""
+    """(Prefect task runner, torch threads per trial) for `n_jobs` trials at once.
+
+    Concurrent trials on one machine split its cores: two trainings that each use
+    every core run many times slower than one after the other.
+    """
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-    threads = max(1, (os.cpu_count() or 1) // tune.n_jobs) if tune.n_jobs > 1 else None
+    threads = tune.torch_threads
+    if threads is None and tune.n_jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // tune.n_jobs)
+    if tune.parallel == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if tune.dask_address:
+            return DaskTaskRunner(address=tune.dask_address), threads
+        cluster = {"n_workers": tune.n_jobs, "threads_per_worker": 1, "dashboard_address": None}
+        return DaskTaskRunner(cluster_kwargs=cluster), threads
     if tune.parallel == "process":
         return ProcessPoolTaskRunner(max_workers=tune.n_jobs), threads
     return ThreadPoolTaskRunner(max_workers=tune.n_jobs), threads
@@ -204,7 +339,12 @@ def run_search(
     out_dir: Path,
     on_trial: Callable[[dict, int], None] | None = None,
 ) -> optuna.Study:
-    """Run trials as Prefect task runs, `n_jobs` at a time, until the budget is met."""
+    """Run trials as Prefect task runs, `n_jobs` at a time, until the budget is met.
+
+    Other processes (`visiontune tune --worker`) may pull trials of the same study
+    at the same time: while their RUNNING trials hold the rest of the budget this
+    waits, failing the ones that stop beating, until `n_trials` have finished.
+    """
     from prefect.futures import as_completed
 
     name = study_name(tune, base, data)
@@ -213,13 +353,13 @@ def run_search(
     deadline = None if tune.timeout is None else time.time() + tune.timeout
     runner, threads = search_parallelism(tune)
     attempts, max_attempts = 0, tune.n_trials * (tune.max_retry + 1) + tune.n_jobs
-    slot = 0
+    slot = os.getpid() % 1000 * 1000  # workers on one study draw different startup points
     with runner:  # type: ignore[attr-defined]
         while (missing := tune.n_trials - finished_trials(study)) > 0 and attempts < max_attempts:
             if deadline is not None and time.time() >= deadline:
                 break
             futures = []
-            for _ in range(missing):
+            for _ in range(min(missing, tune.n_jobs)):
                 parameters = {
                     "slot": slot,
                     "tune": tune,
@@ -232,11 +372,17 @@ def run_search(
                 }
                 futures.append(runner.submit(trial_task, parameters))  # type: ignore[attr-defined]
                 slot += 1
-            attempts += missing
+            ran = 0
             for future in as_completed(futures):
                 result = future.result()
-                if result and on_trial:
-                    on_trial(result, finished_trials(study))
+                if result:
+                    ran += 1
+                    if on_trial:
+                        on_trial(result, finished_trials(study))
+            attempts += ran
+            if not ran:  # the budget is held by other workers' RUNNING trials: wait for them
+                time.sleep(tune.heartbeat_interval)
+                optuna.storages.fail_stale_trials(study)
     optuna.storages.fail_stale_trials(study)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()

@@ -1,6 +1,7 @@
 """DDP under torchrun, on CPU with the Gloo backend: two ranks stay in step, only rank 0 writes."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -59,3 +60,56 @@ def test_two_ranks_train_in_step_and_only_rank_0_writes(tmp_path):
     state = load_torch(out / CHECKPOINT)
     assert state["epoch"] == 1 and (out / MODEL).is_file()
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, MODEL]
+
+
+def test_dvc_repro_trains_on_two_nodes_under_the_launcher_from_the_environment(
+    tmp_path, prefect_server
+):
+    """The README's two-node recipe on one machine: node 0 is `dvc repro train` under
+    `VISIONTUNE_LAUNCHER`, node 1 a plain torchrun of `visiontune stage train`; Gloo ranks."""
+    from flows.collect import run_collect
+    from flows.pipeline import pipeline_flow
+    from flows.server import free_port
+    from tests.images import write_image_folder
+    from tests.processes import start
+    from tests.project import TINY_PARAMS, make_project, sh
+
+    source = tmp_path / "source"
+    write_image_folder(source, per_class=8)
+    params = {**TINY_PARAMS, "tune": {"n_trials": 0}}
+    project = make_project(tmp_path / "project", params)
+    run_collect("folder", str(source), str(project))
+    pipeline_flow(str(project), until="tune")  # in-process: only train is left for dvc
+    logs = tmp_path / "ranks"
+    torchrun = (
+        f"{sys.executable} -m torch.distributed.run --nnodes=2 --nproc-per-node=1"
+        f" --rdzv-backend=static --rdzv-endpoint=127.0.0.1:{free_port(29600)}"
+    )
+    node1 = start(
+        *torchrun.split(),
+        "--node-rank=1",
+        f"--log-dir={logs / 'node1'}",
+        "--redirects=3",
+        shutil.which("visiontune") or "visiontune",
+        "stage",
+        "train",
+        cwd=project,
+    )
+    os.environ["VISIONTUNE_LAUNCHER"] = (
+        f"{torchrun} --node-rank=0 --log-dir={logs / 'node0'} --redirects=3"
+    )
+    try:
+        repro = sh("dvc", "repro", "train", cwd=project)
+        assert node1.wait(timeout=300) == 0
+    finally:
+        del os.environ["VISIONTUNE_LAUNCHER"]
+        if node1.poll() is None:
+            os.killpg(node1.pid, 9)
+            node1.wait()
+    assert "Running stage 'train'" in repro.stdout
+    assert "launching: " in repro.stdout and "torch.distributed.run" in repro.stdout
+    ranks = sorted(p.relative_to(logs).parts[0] for p in logs.rglob("stdout.log"))
+    assert ranks == ["node0", "node1"], list(logs.rglob("*"))
+    assert (project / "artifacts" / "train" / "model.pt").is_file()
+    status = sh("dvc", "status", "train", cwd=project)
+    assert "up to date" in status.stdout, status.stdout
