@@ -8,7 +8,6 @@ Files the stage does not own are removed, so nothing stale is left.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -26,22 +25,14 @@ from tasks.clean import (
     imbalance_warning,
     write_manifest,
 )
-from tasks.files import write_csv
-
-
-def keep_only_own_files(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    for path in out.iterdir():
-        if path.name not in OWN_FILES:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return out
+from tasks.files import fresh_dir, write_csv
 
 
 @flow(name="clean", flow_run_name=stage_run_name("clean"), log_prints=True)
 def clean_flow(params: CleanParams, root: str = ".") -> dict:
     log = get_run_logger()
     project = Project(Path(root))
-    out = keep_only_own_files(project.artifacts("clean"))
+    out = fresh_dir(project.artifacts("clean"), keep=OWN_FILES)  # the cache is incremental
     on_progress = ProgressArtifact("clean-progress", "decoding", step=5)
     # raw-file hashes by size + mtime: kept out of the DVC-tracked folder (machine-specific)
     hashes = project.root / ".cache" / "clean_raw_hashes.parquet"

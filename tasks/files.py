@@ -139,10 +139,13 @@ def write_text_atomic(dest: Path, text: str) -> None:
     write_bytes_atomic(dest, text.encode())
 
 
-def fresh_dir(folder: Path) -> Path:
-    """Start a stage's output folder empty, as `dvc repro` does, so nothing stale is kept."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+def fresh_dir(folder: Path, keep: tuple[str, ...] = ()) -> Path:
+    """Start a stage's output folder empty, as `dvc repro` does, so nothing stale is kept;
+    the entries named in `keep` (a persistent cache, a study) survive."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     return folder
 
 

@@ -1,4 +1,6 @@
-"""Optuna search over train.yaml keys, with trials as Prefect task runs.
+"""Optuna search over train.yaml keys: storage, study, one trial, the records it leaves.
+
+flows/tune.py runs the trials as Prefect task runs (threads, processes or Dask).
 
 The study lives in an RDB (SQLite under artifacts/tune/study/ by default, any
 Optuna RDB URL such as PostgreSQL, or a journal file), named after a hash of
@@ -33,8 +35,6 @@ import pandas as pd
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from params import TrainParams, TuneParams
 from params.schema import CategoricalDim, FloatDim, IntDim
@@ -261,8 +261,7 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-@task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-slot-{slot}")
-def trial_task(
+def run_trial(
     slot: int,
     tune: TuneParams,
     base: TrainParams,
@@ -307,87 +306,6 @@ def trial_task(
         "value": trial.value,
         "params": trial.params,
     }
-
-
-def search_parallelism(tune: TuneParams) -> tuple[object, int | None]:
-    """(Prefect task runner, torch threads per trial) for `n_jobs` trials at once.
-
-    Concurrent trials on one machine split its cores: two trainings that each use
-    every core run many times slower than one after the other.
-    """
-    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
-
-    threads = tune.torch_threads
-    if threads is None and tune.n_jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // tune.n_jobs)
-    if tune.parallel == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if tune.dask_address:
-            return DaskTaskRunner(address=tune.dask_address), threads
-        cluster = {"n_workers": tune.n_jobs, "threads_per_worker": 1, "dashboard_address": None}
-        return DaskTaskRunner(cluster_kwargs=cluster), threads
-    if tune.parallel == "process":
-        return ProcessPoolTaskRunner(max_workers=tune.n_jobs), threads
-    return ThreadPoolTaskRunner(max_workers=tune.n_jobs), threads
-
-
-def run_search(
-    tune: TuneParams,
-    base: TrainParams,
-    data: TrainData,
-    out_dir: Path,
-    on_trial: Callable[[dict, int], None] | None = None,
-) -> optuna.Study:
-    """Run trials as Prefect task runs, `n_jobs` at a time, until the budget is met.
-
-    Other processes (`visiontune tune --worker`) may pull trials of the same study
-    at the same time: while their RUNNING trials hold the rest of the budget this
-    waits, failing the ones that stop beating, until `n_trials` have finished.
-    """
-    from prefect.futures import as_completed
-
-    name = study_name(tune, base, data)
-    study = open_study(tune, make_storage(tune, out_dir), name)
-    optuna.storages.fail_stale_trials(study)
-    deadline = None if tune.timeout is None else time.time() + tune.timeout
-    runner, threads = search_parallelism(tune)
-    attempts, max_attempts = 0, tune.n_trials * (tune.max_retry + 1) + tune.n_jobs
-    slot = os.getpid() % 1000 * 1000  # workers on one study draw different startup points
-    with runner:  # type: ignore[attr-defined]
-        while (missing := tune.n_trials - finished_trials(study)) > 0 and attempts < max_attempts:
-            if deadline is not None and time.time() >= deadline:
-                break
-            futures = []
-            for _ in range(min(missing, tune.n_jobs)):
-                parameters = {
-                    "slot": slot,
-                    "tune": tune,
-                    "base": base,
-                    "data": data,
-                    "out_dir": out_dir,
-                    "name": name,
-                    "deadline": deadline,
-                    "torch_threads": threads,
-                }
-                futures.append(runner.submit(trial_task, parameters))  # type: ignore[attr-defined]
-                slot += 1
-            ran = 0
-            for future in as_completed(futures):
-                result = future.result()
-                if result:
-                    ran += 1
-                    if on_trial:
-                        on_trial(result, finished_trials(study))
-            attempts += ran
-            if not ran:  # the budget is held by other workers' RUNNING trials: wait for them
-                time.sleep(tune.heartbeat_interval)
-                optuna.storages.fail_stale_trials(study)
-    optuna.storages.fail_stale_trials(study)
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
-        raise RuntimeError(f"no trial completed (trial states: {states}); see the flow's logs")
-    return study
 
 
 def best_record(study: optuna.Study, tune: TuneParams) -> dict:

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from flows.tune import run_search
 from params import TrainParams, TuneParams
-from tasks.tune import make_storage, open_study, run_search
+from tasks.tune import make_storage, open_study
 from tests.images import write_image_folder
 from tests.processes import start
 from tests.project import TINY_PARAMS, make_project

@@ -9,10 +9,11 @@ import optuna
 import pytest
 import yaml
 
+from flows.tune import run_search
 from params import ParamsError, TrainParams, TuneParams
 from params.schema import load_params
 from tasks.train import TrainData
-from tasks.tune import apply_best_params, best_record, make_storage, open_study, run_search
+from tasks.tune import apply_best_params, best_record, make_storage, open_study
 from tests.images import write_image_folder
 from tests.processes import kill_when, start
 from tests.project import TINY_PARAMS, make_project
@@ -53,6 +54,7 @@ def test_parallel_trials_run_and_a_rerun_continues_the_same_study(data, tmp_path
     study = run_search(tune, TINY_TRAIN, data, tmp_path, on_trial=lambda r, n: seen.append(r))
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len([t for t in finished if t.state != optuna.trial.TrialState.FAIL]) == 3
+    assert len(seen) >= 3  # every finished trial was reported
     assert {r["number"] for r in seen} <= {t.number for t in study.trials}
     assert len({t.params["lr"] for t in study.trials}) == len(study.trials)  # not one point
     first_numbers = {t.number: t.params for t in study.trials}
