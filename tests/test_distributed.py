@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from params import TrainParams
 from tasks.checkpoint import load_torch
 from tasks.train import CHECKPOINT, MODEL
@@ -62,6 +64,7 @@ def test_two_ranks_train_in_step_and_only_rank_0_writes(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, MODEL]
 
 
+@pytest.mark.e2e
 def test_dvc_repro_trains_on_two_nodes_under_the_launcher_from_the_environment(
     tmp_path, prefect_server
 ):
