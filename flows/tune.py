@@ -11,13 +11,12 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.inputs import train_data
 from flows.naming import stage_run_name
 from flows.project import Project
-from flows.report import publish_image, publish_markdown, publish_table
+from flows.report import ProgressArtifact, publish_image, publish_markdown, publish_table
 from params import TrainParams, TuneParams
 from tasks.files import fresh_dir, write_csv, write_json, write_yaml
 from tasks.train import TrainData
@@ -132,7 +131,7 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
         write_csv(pd.DataFrame(columns=["number", "value", "state"]), out / "trials.csv")
     else:
         log = get_run_logger()
-        progress = create_progress_artifact(0.0, key="tune-progress", description="trials")
+        progress = ProgressArtifact("tune-progress", "trials")
 
         def on_trial(result: dict, finished: int) -> None:
             log.info(
@@ -142,7 +141,7 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
                 result["value"],
                 result["params"],
             )
-            update_progress_artifact(progress, min(100.0, 100.0 * finished / params.n_trials))
+            progress(finished, params.n_trials)
 
         study = run_search(params, train, train_data(project), out, on_trial=on_trial)
         record = best_record(study, params)

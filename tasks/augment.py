@@ -80,12 +80,7 @@ def render_preview(
     split: pd.DataFrame, clean_dir: Path, params: AugmentParams, out_png: Path
 ) -> None:
     """A grid: one row per class, the original then augmented samples of its train images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tasks.files import atomic_path
+    from tasks.figures import pyplot, save_figure
     from tasks.shards import ShardReader
 
     reader = ShardReader(clean_dir)
@@ -93,7 +88,7 @@ def render_preview(
     train = split[split["split"] == "train"]
     labels = sorted(train["label"].unique())
     cols = params.preview_per_class + 1
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         len(labels), cols, figsize=(1.6 * cols, 1.6 * len(labels)), squeeze=False
     )
     for row, label in enumerate(labels):
@@ -109,6 +104,4 @@ def render_preview(
             ax.set_yticks([])
     fig.suptitle("train augmentations (first train image of each class)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=90)

@@ -362,13 +362,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
     """Optimisation history, parameter importances and parallel coordinates as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    from tasks.files import atomic_path
+    from tasks.figures import pyplot, save_figure
+
+    pyplot()  # the Agg backend before optuna draws
 
     made = []
     plots = {
@@ -389,8 +387,6 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         fig.set_size_inches(7, 4)
         fig.tight_layout()
-        with atomic_path(out_dir / file_name) as tmp:
-            fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
+        save_figure(fig, out_dir / file_name, dpi=90)
         made.append(out_dir / file_name)
     return made
