@@ -60,3 +60,11 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "project", cwd=root)
     return root
+
+
+def of_runs(run_ids):
+    """An artifact filter for these flow runs: an unfiltered read returns one page only,
+    which a server shared by the whole session soon outgrows."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    return ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=list(run_ids)))

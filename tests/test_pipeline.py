@@ -12,7 +12,7 @@ import yaml
 
 from flows.stages import STAGES
 from tests.images import truncated_png, write_image_folder
-from tests.project import TINY_PARAMS, make_project, sh
+from tests.project import TINY_PARAMS, make_project, of_runs, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -143,7 +143,7 @@ def test_prefect_recorded_the_pipeline_and_its_stage_subflows(ran_project):
             assert r.name.startswith(f"{name} · data {data} · params "), r.name
         assert all(r.state.is_completed() for r in [first, *stage_runs.values()])
         run_ids = {r.id for r in stage_runs.values()}
-        keys = {a.key for a in client.read_artifacts() if a.flow_run_id in run_ids}
+        keys = {a.key for a in client.read_artifacts(artifact_filter=of_runs(run_ids))}
     assert {
         "clean-summary",
         "split-summary",

@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.images import write_image_folder
-from tests.project import TINY_PARAMS, env, make_project, sh
+from tests.project import TINY_PARAMS, env, make_project, of_runs, sh
 from tests.servers import stop
 
 pytestmark = pytest.mark.e2e
@@ -90,7 +90,7 @@ def test_a_pool_worker_runs_a_deployment_triggered_through_the_api(
             assert {"clean", "split", "augment", "tune", "train", "evaluate"} <= set(stages)
             assert all(r.state.is_completed() for r in stages.values())
             run_ids = {run.id, *(r.id for r in stages.values())}
-            keys = {a.key for a in client.read_artifacts() if a.flow_run_id in run_ids}
+            keys = {a.key for a in client.read_artifacts(artifact_filter=of_runs(run_ids))}
             assert {"retrain-decision", "train-summary", "evaluate-summary"} <= keys
 
             scheduled = client.read_deployment_by_name("retrain/scheduled-retrain")
