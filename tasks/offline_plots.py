@@ -7,13 +7,11 @@ user sees blank charts. The same releases DVC uses come from the npm registry
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
-from tasks.collect import cache_dir
 from tasks.files import write_bytes_atomic
+from tasks.npm import cache_dir, npm_pack
 
 # the versions dvc-render's page loads from its CDN
 PACKAGES = {
@@ -46,18 +44,7 @@ PAGE = """<!DOCTYPE html>
 
 def _script(package: str) -> str:
     version, member = PACKAGES[package]
-    dest = cache_dir() / "npm"
-    tarball = dest / f"{package}-{version}.tgz"
-    if not tarball.is_file():
-        if shutil.which("npm") is None:
-            raise RuntimeError("vega is fetched with `npm pack`; install Node.js/npm first")
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "pack", f"{package}@{version}", "--silent"],
-            cwd=dest,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    tarball = npm_pack(package, version, cache_dir() / "npm")
     with tarfile.open(tarball) as tar:
         extracted = tar.extractfile(f"package/{member}")
         if extracted is None:

@@ -51,7 +51,7 @@ def study_name(tune: TuneParams, base: TrainParams, data: TrainData) -> str:
     """Same search, same recipe, same data → same study; budgets and parallelism may change."""
     search = tune.model_dump(
         mode="json",
-        include={"epochs", "metric", "seed", "pruner", "pruner_warmup_epochs", "space"},
+        include={"epochs", "metric", "seed", "sampler", "pruner", "pruner_warmup_epochs", "space"},
     )
     key = json.dumps([search, base.model_dump(mode="json"), data.fingerprint()], sort_keys=True)
     return "visiontune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -161,13 +161,30 @@ def study_lock(tune: TuneParams, out_dir: Path, name: str) -> Iterator[None]:
 CLAIM = "visiontune_claimed_at"  # user attr of a WAITING trial some process is about to run
 
 
-def claim_trial(study: optuna.Study, tune: TuneParams, out_dir: Path) -> bool:
+def start_point(tune: TuneParams, base: TrainParams) -> dict:
+    """train.yaml's own values of the searched keys (those inside the space): trial 0, so
+    a search is never worse on validation than the recipe it starts from."""
+    point = {}
+    for key, dim in tune.space.items():
+        value = getattr(base, key)
+        match dim:
+            case CategoricalDim() if value in dim.choices:
+                point[key] = value
+            case FloatDim() | IntDim() if dim.low <= value <= dim.high:
+                point[key] = value
+    return point
+
+
+def claim_trial(
+    study: optuna.Study, tune: TuneParams, out_dir: Path, first: dict | None = None
+) -> bool:
     """Reserve one of the budget's `n_trials` places; False when all are taken.
 
     Taken: finished and RUNNING trials, and WAITING trials claimed in the last
     grace period (a claimant pops a waiting trial right after). A claim takes a
     free WAITING trial (a re-queued stale one) or enqueues a new one; the caller's
     `optimize` then pops a waiting trial, so it never creates one past the budget.
+    The study's very first trial is enqueued with the values `first`.
     """
     with study_lock(tune, out_dir, study.study_name):
         now = time.time()
@@ -185,7 +202,7 @@ def claim_trial(study: optuna.Study, tune: TuneParams, out_dir: Path) -> bool:
         if free:
             study._storage.set_trial_user_attr(free[0]._trial_id, CLAIM, now)
         else:
-            study.enqueue_trial({}, user_attrs={CLAIM: now})
+            study.enqueue_trial({} if trials else first or {}, user_attrs={CLAIM: now})
         return True
 
 
@@ -200,13 +217,30 @@ def _pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def make_sampler(tune: TuneParams, name: str, draw: int = 0) -> optuna.samplers.BaseSampler:
+    """QMC (scrambled Sobol) for small budgets: a few trials spread over the whole space,
+    where TPE would only be drawing its random start-up points. TPE past 10 trials.
+
+    Seeded by the study name (search, recipe and data): another dataset draws other
+    trials. `draw` gives every fresh sampler of one study its own TPE stream; QMC keeps
+    its place in the sequence in the study itself, so any process continues it.
+    """
+    seed = (int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) + tune.seed) % 2**32
+    sampler = tune.sampler
+    if sampler == "auto":
+        sampler = "qmc" if tune.n_trials <= 10 else "tpe"
+    if sampler == "qmc":
+        return optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=(seed + draw) % 2**32)
+
+
 def open_study(tune: TuneParams, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         study_name=name,
         storage=storage,
         direction="maximize" if tune.metric == "val_accuracy" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=tune.seed),
+        sampler=make_sampler(tune, name),
         pruner=_pruner(tune),
         load_if_exists=True,
     )
@@ -279,15 +313,14 @@ def run_trial(
     study = open_study(tune, make_storage(tune, out_dir), name)
     if finished_trials(study) >= tune.n_trials:
         return None
-    # every call builds a fresh sampler: seed it per slot and study size, or each
-    # one would draw the same "random" startup point
+    # every call builds a fresh sampler: a TPE one seeded per slot and study size, or
+    # each would draw the same "random" startup point
     existing = len(study.get_trials(deepcopy=False))
-    seed = (tune.seed + 7919 * existing + 104729 * slot) % 2**32
-    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    study.sampler = make_sampler(tune, name, draw=7919 * existing + 104729 * slot)
     remaining = None if deadline is None else deadline - time.time()
     if remaining is not None and remaining <= 0:
         return None
-    if not claim_trial(study, tune, out_dir):
+    if not claim_trial(study, tune, out_dir, first=start_point(tune, base)):
         return None
     ran: list[FrozenTrial] = []
     study.optimize(  # pops the waiting trial claim_trial made or took: never a new one

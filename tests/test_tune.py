@@ -13,7 +13,14 @@ from flows.tune import run_search
 from params import ParamsError, TrainParams, TuneParams
 from params.schema import load_params
 from tasks.train import TrainData
-from tasks.tune import apply_best_params, best_record, make_storage, open_study
+from tasks.tune import (
+    apply_best_params,
+    best_record,
+    make_storage,
+    open_study,
+    run_trial,
+    study_name,
+)
 from tests.images import write_image_folder
 from tests.processes import kill_when, start
 from tests.project import TINY_PARAMS, make_project
@@ -71,6 +78,35 @@ def test_parallel_trials_run_and_a_rerun_continues_the_same_study(data, tmp_path
     applied = apply_best_params(best_yaml, TINY_TRAIN)
     assert applied.lr == record["params"]["lr"]
     assert applied.label_smoothing == record["params"]["label_smoothing"]
+
+
+def test_the_first_trial_is_train_yaml_and_other_data_draws_other_trials(data, tmp_path):
+    space = {
+        "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+        "batchnorm": {"type": "categorical", "choices": ["frozen", "adapt"]},
+        "dropout": {"type": "float", "low": 0.3, "high": 0.5},  # 0.2 lies outside: searched
+    }
+    tune = TuneParams(n_trials=3, epochs=1, space=space)
+    base = TINY_TRAIN.model_copy(update={"lr": 0.004, "weight_decay": 1e-4})
+    other = TrainData(
+        data.split.iloc[1:], data.clean_dir, data.train_pipeline, data.eval_pipeline, 32
+    )
+    trials = {}
+    for name, rows in {"data": data, "other": other}.items():
+        folder = tmp_path / name
+        study_id = study_name(tune, base, rows)
+        for slot in range(tune.n_trials):
+            run_trial(slot, tune, base, rows, folder, study_id, deadline=None)
+        study = open_study(tune, make_storage(tune, folder), study_id)
+        assert isinstance(study.sampler, optuna.samplers.QMCSampler)  # auto, 3 trials
+        trials[name] = sorted(study.trials, key=lambda t: t.number)
+        assert len(trials[name]) == 3
+        first = trials[name][0].params
+        assert first == {"lr": 0.004, "weight_decay": 1e-4, "batchnorm": "frozen"}
+        assert 0.3 <= trials[name][1].params["dropout"] <= 0.5
+        assert len({t.params["lr"] for t in trials[name]}) == 3
+    assert trials["data"][1].params["lr"] != trials["other"][1].params["lr"]
 
 
 def test_process_pool_trials(data, tmp_path, prefect_server):
