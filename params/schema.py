@@ -172,6 +172,9 @@ def check_model_name(model: str) -> None:
         raise ValueError(f"{model}: timm has no weights tagged {tag!r} for {arch} (it has: {tags})")
 
 
+HEAD_SHARE = 0.2  # freeze_epochs: auto: the recipe benchmark's best share at 5-10 epochs
+
+
 class TrainParams(_Params):
     """Fine-tuning recipe: head first, then backbone stages unfrozen from the top at lower LRs."""
 
@@ -189,7 +192,11 @@ class TrainParams(_Params):
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the new head")
     # schedule of what trains
     epochs: int = Field(6, ge=1, le=1000)
-    freeze_epochs: int = Field(2, ge=0, description="head-only epochs with the backbone frozen")
+    freeze_epochs: int | Literal["auto"] = Field(
+        "auto",
+        description="head-only epochs with the backbone frozen; auto = a fifth of the epochs "
+        "(at least 1)",
+    )
     unfreeze_stages: int = Field(
         0,
         ge=0,
@@ -253,9 +260,19 @@ class TrainParams(_Params):
         check_model_name(model)
         return model
 
+    @property
+    def head_epochs(self) -> int:
+        """freeze_epochs resolved: `auto` is a share of the budget (LP-FT style), so a short
+        run and a long one both spend a fifth of it on the head alone."""
+        if self.freeze_epochs == "auto":
+            return max(1, round(HEAD_SHARE * self.epochs))
+        return self.freeze_epochs
+
     @model_validator(mode="after")
     def _freeze_within_epochs(self) -> TrainParams:
-        if self.freeze_epochs > self.epochs:
+        if isinstance(self.freeze_epochs, int) and self.freeze_epochs < 0:
+            raise ValueError("freeze_epochs must be ≥ 0 or auto")
+        if self.head_epochs > self.epochs:
             raise ValueError(
                 f"freeze_epochs ({self.freeze_epochs}) cannot exceed epochs ({self.epochs})"
             )

@@ -155,7 +155,7 @@ def run_crossval(
     pool = fold_pool(data.split)
     classes = data.classes
     params = train.model_copy(update={"epochs": cv.epochs} if cv.epochs else {})
-    if params.freeze_epochs > params.epochs:
+    if params.head_epochs > params.epochs:
         params = params.model_copy(update={"freeze_epochs": params.epochs})
     test = data.part("test")
     fold_ids = sorted(int(f) for f in pool["fold"].unique())

@@ -84,8 +84,8 @@ def trainable_stages(params: TrainParams, epoch: int, n_stages: int) -> int:
     None during the first `freeze_epochs`; then all at once, or
     `unfreeze_stages` more per epoch (gradual unfreezing, ULMFiT).
     """
-    if epoch < params.freeze_epochs:
+    if epoch < params.head_epochs:
         return 0
     if params.unfreeze_stages == 0:
         return n_stages
-    return min(n_stages, params.unfreeze_stages * (epoch - params.freeze_epochs + 1))
+    return min(n_stages, params.unfreeze_stages * (epoch - params.head_epochs + 1))

@@ -165,8 +165,9 @@ def start_point(tune: TuneParams, base: TrainParams) -> dict:
     """train.yaml's own values of the searched keys (those inside the space): trial 0, so
     a search is never worse on validation than the recipe it starts from."""
     point = {}
+    trial_base = base.model_copy(update={"epochs": tune.epochs})
     for key, dim in tune.space.items():
-        value = getattr(base, key)
+        value = trial_base.head_epochs if key == "freeze_epochs" else getattr(base, key)
         match dim:
             case CategoricalDim() if value in dim.choices:
                 point[key] = value
@@ -257,7 +258,9 @@ def trial_params(trial: optuna.Trial, tune: TuneParams, base: TrainParams) -> Tr
             case CategoricalDim():
                 update[key] = trial.suggest_categorical(key, dim.choices)
     update |= {"epochs": tune.epochs, "patience": tune.epochs}
-    update["freeze_epochs"] = min(update.get("freeze_epochs", base.freeze_epochs), tune.epochs)
+    freeze = update.get("freeze_epochs", base.freeze_epochs)
+    if freeze != "auto":
+        update["freeze_epochs"] = min(freeze, tune.epochs)
     return TrainParams.model_validate({**base.model_dump(), **update})
 
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from flows.project import Project
 from params import STAGE_MODELS, ParamsError, SplitParams, TrainParams, load_params
@@ -111,3 +112,14 @@ def test_train_names_the_train_yaml_values_a_search_overrode(tmp_path):
     assert "lr 0.0003 → 0.002" in message and "weight_decay" not in message
     assert "n_trials: 0" in message
     assert searched_overrides(mine, mine) is None
+
+
+def test_freeze_epochs_auto_is_a_fifth_of_the_budget():
+    assert TrainParams().freeze_epochs == "auto"
+    assert [TrainParams(epochs=e).head_epochs for e in (1, 2, 5, 6, 10, 30)] == [1, 1, 1, 1, 2, 6]
+    assert TrainParams(epochs=6, freeze_epochs=0).head_epochs == 0
+    assert TrainParams(epochs=6, freeze_epochs=3).head_epochs == 3
+    with pytest.raises(ValidationError, match="cannot exceed epochs"):
+        TrainParams(epochs=2, freeze_epochs=3)
+    with pytest.raises(ValidationError):
+        TrainParams(freeze_epochs="half")
