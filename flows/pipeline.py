@@ -19,6 +19,7 @@ from flows.dag import in_order
 from flows.naming import stage_run_name
 from flows.project import Project
 from flows.stages import STAGES
+from params import TrainParams
 
 
 def stage_flow_name(cmd: str | list | None) -> str | None:
@@ -38,16 +39,25 @@ def run_stage(project: Project, name: str) -> dict:
 
 
 @flow(name="pipeline", flow_run_name=stage_run_name("pipeline"), log_prints=True)
-def pipeline_flow(root: str = ".", force: bool = False, until: str | None = None) -> dict:
+def pipeline_flow(
+    root: str = ".",
+    force: bool = False,
+    until: str | None = None,
+    train: TrainParams | None = None,
+) -> dict:
     """Run every stale stage of dvc.yaml in dependency order and record it in dvc.lock.
 
-    With `until`, only that stage and the stages it depends on.
+    With `until`, only that stage and the stages it depends on. `train` (typed fields in
+    the on-demand deployment's form): the keys given are written into params/train.yaml
+    first, then validated with every other params file.
     """
     from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
 
     log = get_run_logger()
     project = Project(Path(root).resolve())
+    if train is not None and (changed := project.set_params("train", train)):
+        log.info("params/train.yaml: set %s from the run's parameters", ", ".join(changed))
     project.validate_all()
     ran: dict[str, dict] = {}
     timings: dict[str, float] = {}

@@ -123,3 +123,19 @@ def test_freeze_epochs_auto_is_a_fifth_of_the_budget():
         TrainParams(epochs=2, freeze_epochs=3)
     with pytest.raises(ValidationError):
         TrainParams(freeze_epochs="half")
+
+
+def test_set_params_writes_only_the_keys_given_and_keeps_the_comments(tmp_path):
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    project = Project(tmp_path)
+    before = (tmp_path / "params" / "train.yaml").read_text()
+    given = TrainParams.model_validate({"lr": 0.0042, "epochs": 6})  # epochs: already 6
+    assert project.set_params("train", given) == ["lr"]
+    after = (tmp_path / "params" / "train.yaml").read_text()
+    assert project.params("train").lr == 0.0042
+    assert project.params("train").model_dump(exclude={"lr"}) == load_params(
+        TrainParams, REPO / "params" / "train.yaml"
+    ).model_dump(exclude={"lr"})
+    assert len(after.splitlines()) == len(before.splitlines())
+    assert "# head LR (peak)" in after and "# model" in after
+    assert project.set_params("train", given) == []

@@ -100,9 +100,27 @@ def test_a_pool_worker_runs_a_deployment_triggered_through_the_api(
             assert on_demand.work_pool_name == "visiontune"
             form = json.dumps(scheduled.parameter_openapi_schema)
             assert '"margin"' in form and '"minimum": 0' in form  # typed fields with limits
+            train_form = on_demand.parameter_openapi_schema["definitions"]["TrainParams"]
+            assert train_form["properties"]["lr"]["exclusiveMinimum"] == 0
+            assert "enum" in json.dumps(train_form["properties"]["batchnorm"])
+
+            # the on-demand form's train fields: written to params/train.yaml, then run
+            again = run_deployment(
+                "pipeline/on-demand", parameters={"train": {"label_smoothing": 0.05}}, timeout=0
+            )
+            while not (state := client.read_flow_run(again.id).state).is_final():
+                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+                time.sleep(1)
+            assert state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+            result = _children(client, again.id, names)
+            assert {"train", "evaluate"} <= set(result) and "clean" not in result
     finally:
         stop(worker, sig=signal.SIGTERM)
         log.close()
+    train_yaml = yaml.safe_load((project / "params" / "train.yaml").read_text())
+    assert train_yaml["label_smoothing"] == 0.05  # only the key given changed
+    assert train_yaml["epochs"] == PARAMS["train"]["epochs"]
+    assert sh("dvc", "status", cwd=project).stdout.strip() == "Data and pipelines are up to date."
     registry = json.loads((project / "models" / "registry.json").read_text())
     assert registry["champion"] == 1  # the worker ran it in the project's folder
     assert os.path.isfile(project / "models" / "versions" / "v1" / "model.pt")
