@@ -20,6 +20,7 @@ from flows.naming import stage_run_name
 from flows.project import Project
 from flows.stages import STAGES
 from params import TrainParams
+from params.schema import TrainOverrides, validated
 
 
 def stage_flow_name(cmd: str | list | None) -> str | None:
@@ -38,25 +39,33 @@ def run_stage(project: Project, name: str) -> dict:
     return stage.load()(*(project.params(p) for p in stage.params), str(project.root))
 
 
+def merged(project: Project, given: dict) -> TrainParams:
+    """params/train.yaml with `given` on top, validated as one (a bad mix fails here, before
+    the file is touched)."""
+    current = project.params("train").model_dump()
+    return validated(TrainParams, {**current, **given}, "the run's train parameters")
+
+
 @flow(name="pipeline", flow_run_name=stage_run_name("pipeline"), log_prints=True)
 def pipeline_flow(
     root: str = ".",
     force: bool = False,
     until: str | None = None,
-    train: TrainParams | None = None,
+    train: TrainOverrides = TrainOverrides(),
 ) -> dict:
     """Run every stale stage of dvc.yaml in dependency order and record it in dvc.lock.
 
     With `until`, only that stage and the stages it depends on. `train` (typed fields in
-    the on-demand deployment's form): the keys given are written into params/train.yaml
-    first, then validated with every other params file.
+    the on-demand deployment's form): the keys given (not None) are checked against the
+    whole recipe, then written into params/train.yaml, so the run is recorded as usual.
     """
     from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
 
     log = get_run_logger()
     project = Project(Path(root).resolve())
-    if train is not None and (changed := project.set_params("train", train)):
+    given = train.model_dump(exclude_none=True)
+    if given and (changed := project.set_params("train", merged(project, given))):
         log.info("params/train.yaml: set %s from the run's parameters", ", ".join(changed))
     project.validate_all()
     ran: dict[str, dict] = {}

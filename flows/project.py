@@ -40,13 +40,12 @@ class Project:
         return load_params(STAGE_MODELS[stage], self.params_file(stage))
 
     def set_params(self, stage: str, params: _Params) -> list[str]:
-        """Write the keys given to `params` (its fields set; the others keep the file's values)
-        into params/<stage>.yaml, comments kept as `dvc exp run -S` keeps them, so the run
-        they start is recorded and reproducible like any other."""
+        """Write the values of `params` that differ into params/<stage>.yaml, comments kept
+        as `dvc exp run -S` keeps them, so the run they start is recorded like any other."""
         from dvc.utils.serialize import modify_yaml
 
         current = self.params(stage).model_dump(mode="json")
-        wanted = params.model_dump(mode="json", include=params.model_fields_set)
+        wanted = params.model_dump(mode="json")
         changed = [key for key, value in wanted.items() if current.get(key) != value]
         if changed:
             with modify_yaml(self.params_file(stage)) as data:

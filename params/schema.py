@@ -349,7 +349,12 @@ class TuneParams(_Params):
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads per trial; null = cores // n_jobs"
     )
-    epochs: int = Field(2, ge=1, description="epochs per trial")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="epochs per trial; null = train.yaml's epochs, so the trial of train.yaml's "
+        "own values (trial 0) is the training it would get, and no shorter proxy misleads",
+    )
     timeout: float | None = Field(None, gt=0, description="seconds for the whole search")
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     storage: str | None = Field(
@@ -487,6 +492,11 @@ def load_params(model: type[P], path: Path) -> P:
         raise ParamsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of key: value, got {type(raw).__name__}")
+    return validated(model, raw, str(path))
+
+
+def validated(model: type[P], raw: dict, where: str) -> P:
+    """`raw` as a `model`, or ParamsError with one line per problem: where, key, reason."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -495,5 +505,27 @@ def load_params(model: type[P], path: Path) -> P:
             key = ".".join(str(p) for p in err["loc"])
             got = f" (got {err['input']!r})" if err["type"] != "missing" and key else ""
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {key + ': ' if key else ''}{msg}{got}")
+            lines.append(f"{where}: {key + ': ' if key else ''}{msg}{got}")
         raise ParamsError("\n".join(lines)) from None
+
+
+def overrides_of(model: type[_Params]) -> type[_Params]:
+    """`model` with every key optional, None meaning "keep the file's value": the typed
+    fields (limits and descriptions included) of a deployment's form in the Prefect UI,
+    where an untouched field changes nothing."""
+    from pydantic import create_model
+
+    def optional(info) -> Any:
+        typed = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        return typed | None
+
+    fields: dict[str, Any] = {
+        name: (optional(info), Field(None, description=info.description))
+        for name, info in model.model_fields.items()
+    }
+    return create_model(
+        f"{model.__name__.removesuffix('Params')}Overrides", __base__=_Params, **fields
+    )
+
+
+TrainOverrides = overrides_of(TrainParams)

@@ -161,11 +161,15 @@ def study_lock(tune: TuneParams, out_dir: Path, name: str) -> Iterator[None]:
 CLAIM = "visiontune_claimed_at"  # user attr of a WAITING trial some process is about to run
 
 
+def trial_epochs(tune: TuneParams, base: TrainParams) -> int:
+    return tune.epochs or base.epochs
+
+
 def start_point(tune: TuneParams, base: TrainParams) -> dict:
     """train.yaml's own values of the searched keys (those inside the space): trial 0, so
     a search is never worse on validation than the recipe it starts from."""
     point = {}
-    trial_base = base.model_copy(update={"epochs": tune.epochs})
+    trial_base = base.model_copy(update={"epochs": trial_epochs(tune, base)})
     for key, dim in tune.space.items():
         value = trial_base.head_epochs if key == "freeze_epochs" else getattr(base, key)
         match dim:
@@ -214,7 +218,8 @@ def _pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
                 n_startup_trials=2, n_warmup_steps=tune.pruner_warmup_epochs
             )
         case "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tune.epochs)
+            most = tune.epochs or "auto"  # auto: the first trial's epochs (train.yaml's)
+            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=most)
     return optuna.pruners.NopPruner()
 
 
@@ -257,10 +262,11 @@ def trial_params(trial: optuna.Trial, tune: TuneParams, base: TrainParams) -> Tr
                 update[key] = trial.suggest_int(key, dim.low, dim.high, step=dim.step, log=dim.log)
             case CategoricalDim():
                 update[key] = trial.suggest_categorical(key, dim.choices)
-    update |= {"epochs": tune.epochs, "patience": tune.epochs}
+    epochs = trial_epochs(tune, base)
+    update |= {"epochs": epochs, "patience": epochs}
     freeze = update.get("freeze_epochs", base.freeze_epochs)
     if freeze != "auto":
-        update["freeze_epochs"] = min(freeze, tune.epochs)
+        update["freeze_epochs"] = min(freeze, epochs)
     return TrainParams.model_validate({**base.model_dump(), **update})
 
 

@@ -100,8 +100,8 @@ def test_a_pool_worker_runs_a_deployment_triggered_through_the_api(
             assert on_demand.work_pool_name == "visiontune"
             form = json.dumps(scheduled.parameter_openapi_schema)
             assert '"margin"' in form and '"minimum": 0' in form  # typed fields with limits
-            train_form = on_demand.parameter_openapi_schema["definitions"]["TrainParams"]
-            assert train_form["properties"]["lr"]["exclusiveMinimum"] == 0
+            train_form = on_demand.parameter_openapi_schema["definitions"]["TrainOverrides"]
+            assert train_form["properties"]["lr"]["anyOf"][0]["exclusiveMinimum"] == 0
             assert "enum" in json.dumps(train_form["properties"]["batchnorm"])
 
             # the on-demand form's train fields: written to params/train.yaml, then run
