@@ -150,7 +150,15 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
         publish_table("tune-trials", table, f"Optuna trials of {study.study_name}")
         for png in save_plots(study, plots):
             publish_image(f"tune-{png.stem}", png, f"Optuna {png.stem}")
-        log.info("best %s=%.4f with %s", params.metric, study.best_value, study.best_params)
+        log.info(
+            "chosen: trial %s, %s=%.4f with %s",
+            record["best_trial"],
+            params.metric,
+            record[f"best_{params.metric}"],
+            record["params"],
+        )
+        if "kept_start_point" in record:
+            log.info("kept train.yaml's values: %s", record["kept_start_point"])
     write_yaml(record, out / "best_params.yaml")
     write_json(
         {k: v for k, v in record.items() if isinstance(v, int | float)}, out / "summary.json"

@@ -366,6 +366,12 @@ class TuneParams(_Params):
     sampler: Literal["auto", "qmc", "tpe"] = Field(
         "auto", description="auto: qmc up to 10 trials, tpe beyond"
     )
+    min_gain: float = Field(
+        0.02,
+        ge=0,
+        description="the best trial replaces train.yaml's values (trial 0) only if it beats "
+        "them by this much (metric units)",
+    )
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")

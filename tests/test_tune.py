@@ -16,6 +16,7 @@ from tasks.train import TrainData
 from tasks.tune import (
     apply_best_params,
     best_record,
+    chosen_trial,
     make_storage,
     open_study,
     run_trial,
@@ -182,4 +183,33 @@ def test_a_search_killed_with_sigkill_resumes(tmp_path, prefect_server):
         make_storage(TuneParams(**tune), project / "artifacts" / "tune"),
         best["study"],
     )
-    assert study.best_trial.number == best["best_trial"]
+    assert chosen_trial(study, TuneParams(**tune)).number == best["best_trial"]
+
+
+def test_the_best_trial_replaces_train_yaml_only_by_more_than_min_gain():
+    from optuna.distributions import FloatDistribution
+
+    from tasks.tune import START
+
+    study = optuna.create_study(direction="maximize")
+    lr = {"lr": FloatDistribution(1e-3, 1e-2, log=True)}
+
+    def add(value: float, start: bool = False) -> None:
+        attrs = {START: True} if start else {}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 0.001 + value / 1000}, distributions=lr, value=value, user_attrs=attrs
+            )
+        )
+
+    add(0.80, start=True)
+    add(0.81)  # one val image better: noise
+    tune = TuneParams(n_trials=3, min_gain=0.02)
+    assert chosen_trial(study, tune).number == 0
+    record = best_record(study, tune)
+    assert record["best_trial"] == 0 and record["params"] == study.trials[0].params
+    assert "kept_start_point" in record and "trial 1" in record["kept_start_point"]
+    add(0.83)
+    assert chosen_trial(study, tune).number == 2
+    assert "kept_start_point" not in best_record(study, tune)
+    assert chosen_trial(study, tune.model_copy(update={"min_gain": 0.0})).number == 2
