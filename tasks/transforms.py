@@ -12,7 +12,8 @@ image-only transforms: they serialise with `A.save`/`A.load` like any other
 (by the name `tasks.transforms.<Name>`), draw their randomness from the
 pipeline's seed, and can be named in `custom:` lists.
 
-Kept free of params imports: params/schema.py calls `check_specs` while validating.
+`check_custom` is the params check of a `custom:` list: params/ itself stays
+free of albumentations (and of tasks/), so the project's params loader calls it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -296,6 +298,11 @@ def build_transforms(specs: list[Any]) -> list[Any]:
     return built
 
 
-def check_specs(specs: list[Any]) -> None:
-    """Raise TransformError if any spec would not build (used by params validation)."""
-    build_transforms(specs)
+def check_custom(specs: list[Any], source: Path) -> str | None:
+    """The one-line error for `custom:` in `source` (params/augment.yaml) if a spec would not
+    build, in the form of the params loader's other errors; None when all build."""
+    try:
+        build_transforms(specs)
+    except TransformError as exc:
+        return f"{source}: custom: {exc} (got {specs!r})"
+    return None
