@@ -28,7 +28,8 @@ def clean_and_split(data: Path, out: Path) -> float:
     """Seconds of the two stages' work in this process: clean_dataset + plan_splits."""
     from benchmarks.workspace import SCALE_PARAMS
     from params import CleanParams, SplitParams
-    from tasks.clean import build_manifest, clean_dataset
+    from tasks.clean import clean_dataset
+    from tasks.clean_manifest import build_manifest
     from tasks.split import plan_splits
 
     with stopwatch() as t:

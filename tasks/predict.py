@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from params import CleanParams
-from tasks.clean import prepare
+from tasks.clean_cache import prepare
 from tasks.decode import RejectedImage, decode
 from tasks.inference import LoadedModel
 
