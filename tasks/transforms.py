@@ -92,7 +92,13 @@ class _TorchvisionPolicy(A.ImageOnlyTransform):
     torchvision draws from torch's global RNG; each call runs it under a forked
     RNG seeded from the albumentations pipeline's generator, so a seeded
     pipeline gives the same images run after run (and leaves torch's RNG alone).
+    Subclasses name the policy (`_make_policy`) and add their own arguments, if any.
     """
+
+    class InitSchema(BaseTransformInitSchema):
+        num_magnitude_bins: int = Field(ge=2)
+        interpolation: Literal["nearest", "bilinear"]
+        fill: tuple[int, int, int] | None
 
     def __init__(
         self,
@@ -145,20 +151,6 @@ class _TorchvisionPolicy(A.ImageOnlyTransform):
 class TrivialAugmentWide(_TorchvisionPolicy):
     """torchvision's TrivialAugmentWide: one random op at a random magnitude per image."""
 
-    class InitSchema(BaseTransformInitSchema):
-        num_magnitude_bins: int = Field(ge=2)
-        interpolation: Literal["nearest", "bilinear"]
-        fill: tuple[int, int, int] | None
-
-    def __init__(
-        self,
-        num_magnitude_bins: int = 31,
-        interpolation: Literal["nearest", "bilinear"] = "nearest",
-        fill: tuple[int, int, int] | None = None,
-        p: float = 1.0,
-    ) -> None:
-        super().__init__(num_magnitude_bins, interpolation, fill, p)
-
     def _make_policy(self) -> Any:
         from torchvision.transforms import v2
 
@@ -168,12 +160,9 @@ class TrivialAugmentWide(_TorchvisionPolicy):
 class RandAugment(_TorchvisionPolicy):
     """torchvision's RandAugment: `num_ops` random ops at a fixed `magnitude` per image."""
 
-    class InitSchema(BaseTransformInitSchema):
+    class InitSchema(_TorchvisionPolicy.InitSchema):
         num_ops: int = Field(ge=1)
         magnitude: int = Field(ge=0)
-        num_magnitude_bins: int = Field(ge=2)
-        interpolation: Literal["nearest", "bilinear"]
-        fill: tuple[int, int, int] | None
 
     def __init__(
         self,
