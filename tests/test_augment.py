@@ -1,3 +1,5 @@
+"""The augment stage: saved train/eval pipelines, presets, `custom:` lists, the balance plan."""
+
 import random
 
 import numpy as np

@@ -1,3 +1,5 @@
+"""The clean stage: every rejection reason, RGB conversion, near-duplicates, the cache."""
+
 import hashlib
 import os
 import random

@@ -1,3 +1,5 @@
+"""Params validation: one-line errors naming file, key and reason, before any work starts."""
+
 import shutil
 import subprocess
 import sys

@@ -1,3 +1,5 @@
+"""The training loop: offline weights, freezing and unfreezing, LRs, checkpoints and resume."""
+
 import json
 import sys
 from pathlib import Path
