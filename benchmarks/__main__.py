@@ -1,6 +1,7 @@
 """Run every benchmark and write benchmarks/results.md: `make bench` (≈6–8 min on 2 CPU cores).
 
     python -m benchmarks [--images 10000] [--out benchmarks/results.md] [--only NAME ...]
+                         [--recipe-full]
 
 The orchestration and incremental benchmarks share one project of `images`
 files (built once, its pipeline run once); the others build their own inputs
@@ -25,6 +26,7 @@ NAMES = (
     "incremental",
     "scaling",
     "scale",
+    "recipe",
 )
 
 
@@ -39,7 +41,10 @@ def environment() -> str:
 
 
 def run(
-    names: tuple[str, ...], images: int, scale_sizes: tuple[int, ...] = (10_000, 100_000)
+    names: tuple[str, ...],
+    images: int,
+    scale_sizes: tuple[int, ...] = (10_000, 100_000),
+    recipe_full: bool = False,
 ) -> list[Result]:
     from benchmarks import data_loading, gpu, incremental, orchestration, scaling, train_loop
     from benchmarks.workspace import scale_workspace
@@ -66,6 +71,10 @@ def run(
         from benchmarks import scale
 
         rows += scale.run(scale_sizes)
+    if "recipe" in names:
+        from benchmarks import recipe
+
+        rows += recipe.measure(full=recipe_full)
     return rows
 
 
@@ -81,11 +90,16 @@ def main() -> None:
         default=[10_000, 100_000],
         help="project sizes of benchmarks/scale.py (the exponent is taken between them)",
     )
+    parser.add_argument(
+        "--recipe-full",
+        action="store_true",
+        help="the recipe benchmark: every dataset, 2 seeds (default: 2 datasets, 1 seed)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.md")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
     args = parser.parse_args()
     with stopwatch() as t:
-        rows = run(tuple(args.only), args.images, tuple(args.scale_images))
+        rows = run(tuple(args.only), args.images, tuple(args.scale_images), args.recipe_full)
     header = (
         "# Benchmark results\n\n"
         f"`make bench` on {datetime.date.today()}: {environment()}. "

@@ -70,7 +70,8 @@ def prepare(root: Path, images: int):
     """Original JPEGs under root/data and their clean cache under root/clean."""
     from benchmarks.images import generate
     from params import CleanParams
-    from tasks.clean import build_manifest, clean_dataset
+    from tasks.clean import clean_dataset
+    from tasks.clean_manifest import build_manifest
 
     data, clean = root / "data", root / "clean"
     generate(data, images, size=(500, 375), jpeg_only=True)
@@ -113,7 +114,8 @@ def per_core(images: int = 600, rounds: int = 2) -> list[Result]:
 
     from benchmarks.images import generate
     from params import CleanParams
-    from tasks.clean import build_manifest, clean_dataset
+    from tasks.clean import clean_dataset
+    from tasks.clean_manifest import build_manifest
     from tasks.dataset import CachedImages, make_loader
 
     size, batch = 224, 128

@@ -18,7 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.report import Result, at_most, result, stopwatch
+from benchmarks.report import Result, share_of, stopwatch
 from benchmarks.workspace import ScaleProject, add_images, run_pipeline, scale_workspace
 
 DATA_STAGES = ("clean", "split")
@@ -28,7 +28,8 @@ def clean_and_split(data: Path, out: Path) -> float:
     """Seconds of the two stages' work in this process: clean_dataset + plan_splits."""
     from benchmarks.workspace import SCALE_PARAMS
     from params import CleanParams, SplitParams
-    from tasks.clean import build_manifest, clean_dataset
+    from tasks.clean import clean_dataset
+    from tasks.clean_manifest import build_manifest
     from tasks.split import plan_splits
 
     with stopwatch() as t:
@@ -52,24 +53,20 @@ def measure(project: ScaleProject) -> list[Result]:
     stage_full = sum(project.seconds[s] for s in DATA_STAGES)
     stage_inc = sum(seconds[s] for s in DATA_STAGES)
     what = f"{added} images added to {project.images}"
+    work = f"{work_inc:.1f} s vs {work_full:.1f} s (clean_dataset + plan_splits)"
+    stages = (
+        f"{stage_inc:.1f} s vs {stage_full:.1f} s, each with its Prefect subflow and DVC "
+        f"commit; dvc add {versioning[0]:.1f} s, the whole `visiontune run --until split` "
+        f"{update[0]:.1f} s"
+    )
     return [
-        result(
-            "incremental",
-            f"clean + split work, {what}",
-            100 * work_inc / work_full,
-            unit="%",
-            goal=(at_most, 5.0),
-            detail=f"{work_inc:.1f} s vs {work_full:.1f} s (clean_dataset + plan_splits)",
-        ),
-        result(
+        share_of("incremental", f"clean + split work, {what}", work_inc, work_full, work),
+        share_of(
             "incremental",
             f"clean + split stages in `visiontune run`, {what}",
-            100 * stage_inc / stage_full,
-            unit="%",
-            goal=(at_most, 5.0),
-            detail=f"{stage_inc:.1f} s vs {stage_full:.1f} s, each with its Prefect subflow "
-            f"and DVC commit; dvc add {versioning[0]:.1f} s, the whole "
-            f"`visiontune run --until split` {update[0]:.1f} s",
+            stage_inc,
+            stage_full,
+            stages,
         ),
     ]
 

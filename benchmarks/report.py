@@ -54,6 +54,11 @@ def result(
     return row
 
 
+def share_of(benchmark: str, measure: str, part: float, whole: float, detail: str) -> Result:
+    """`part` as a percentage of `whole` (incremental work against a full run): goal ≤ 5 %."""
+    return result(benchmark, measure, 100 * part / whole, "%", (at_most, 5.0), detail)
+
+
 @contextmanager
 def stopwatch() -> Iterator[list[float]]:
     """`with stopwatch() as t: ...` then t[0] is the elapsed seconds."""

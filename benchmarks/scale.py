@@ -28,7 +28,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.report import Result, at_most, result, stopwatch
+from benchmarks.report import Result, at_most, result, share_of, stopwatch
 
 SIZES = ((160, 120), (320, 240), (500, 375))  # varied, like phone photos scaled down
 CACHE = Path.home() / ".cache" / "visiontune"
@@ -112,31 +112,18 @@ def measure_size(images: int, root: Path) -> tuple[list[Result], float]:
             ("no-op `dvc repro split`", ("dvc", "repro", "split")),
         ):
             noop = _median_seconds(*args, cwd=project)
-            rows.append(
-                result(
-                    "scale",
-                    f"{label} / bare `dvc status data.dvc`, {images} images",
-                    noop / bare,
-                    goal=(at_most, 1.3),
-                    detail=f"{noop:.2f} s vs {bare:.2f} s, medians of 3",
-                )
-            )
+            measure = f"{label} / bare `dvc status data.dvc`, {images} images"
+            detail = f"{noop:.2f} s vs {bare:.2f} s, medians of 3"
+            rows.append(result("scale", measure, noop / bare, "×", (at_most, 1.3), detail))
         added = max(1, images // 100)
         add_images(project, added, seed=7)
         with stopwatch() as inc:
             inc_seconds = run_pipeline(project, until="split")
         work = sum(inc_seconds.values())
         full_work = sum(seconds.values())
-        rows.append(
-            result(
-                "scale",
-                f"+1 % ({added} images): clean + split in `visiontune run`, {images} images",
-                100 * work / full_work,
-                unit="%",
-                goal=(at_most, 5.0),
-                detail=f"{work:.1f} s vs {full_work:.1f} s; whole run {inc[0]:.1f} s",
-            )
-        )
+        measure = f"+1 % ({added} images): clean + split in `visiontune run`, {images} images"
+        detail = f"{work:.1f} s vs {full_work:.1f} s; whole run {inc[0]:.1f} s"
+        rows.append(share_of("scale", measure, work, full_work, detail))
         remote = root / f"remote-{images}"
         sh("dvc", "remote", "add", "-f", "-d", "bench", str(remote), cwd=project)
         with stopwatch() as push:

@@ -38,7 +38,8 @@ def timings(data: Path, work: Path) -> dict[str, float]:
     from benchmarks.workspace import SCALE_PARAMS
     from params import AugmentParams, CleanParams, SplitParams, TrainParams
     from tasks.augment import build_pipelines
-    from tasks.clean import build_manifest, clean_dataset
+    from tasks.clean import clean_dataset
+    from tasks.clean_manifest import build_manifest
     from tasks.model import preprocessing
     from tasks.split import plan_splits
     from tasks.train import TrainData, fit

@@ -15,7 +15,8 @@ from params import AugmentParams, CleanParams, SplitParams
 def train_data(data: Path, clean_dir: Path, model: str, image_size: int, max_side: int = 128):
     """TrainData over `data` (an ImageFolder tree), cleaned into clean_dir and split 80/10/10."""
     from tasks.augment import build_pipelines
-    from tasks.clean import build_manifest, clean_dataset
+    from tasks.clean import clean_dataset
+    from tasks.clean_manifest import build_manifest
     from tasks.model import preprocessing
     from tasks.split import plan_splits
     from tasks.train import TrainData

@@ -1,7 +1,7 @@
 """The clean stage's flow: raw data/ → decoded, resized cache + manifest + rejections.
 
 The output folder is not emptied first: it holds the incremental cache (shards/
-and cache_index.parquet, see tasks/clean.py and tasks/shards.py), and dvc.yaml
+and cache_index.parquet, see tasks/clean_cache.py and tasks/shards.py), and dvc.yaml
 declares it `persist: true` for the same reason.
 Files the stage does not own are removed, so nothing stale is left.
 """
@@ -11,21 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from flows.naming import stage_run_name
 from flows.project import Project
 from flows.report import ProgressArtifact, publish_markdown, publish_table
 from params import CleanParams
-from tasks.clean import (
-    OWN_FILES,
-    class_table,
-    clean_task,
-    imbalance_warning,
-    write_manifest,
-)
+from tasks.clean import OWN_FILES, clean_dataset
+from tasks.clean_manifest import class_table, imbalance_warning, write_manifest
 from tasks.files import fresh_dir, write_csv
+
+# the stage's work as Prefect task runs: the same functions, no second signature to keep
+clean_task = task(name="clean-dataset", cache_policy=NO_CACHE)(clean_dataset)
+manifest_task = task(name="write-manifest", cache_policy=NO_CACHE)(write_manifest)
 
 
 @flow(name="clean", flow_run_name=stage_run_name("clean"), log_prints=True)
@@ -38,7 +38,7 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
     hashes = project.root / ".cache" / "clean_raw_hashes.parquet"
     result = clean_task(project.data, out, params, on_progress, hashes)
     # quote: Prefect would otherwise visit every record to track task inputs (seconds at 10k)
-    manifest = write_manifest(quote(result.records), quote(result.rejected), out, project.data)
+    manifest = manifest_task(quote(result.records), quote(result.rejected), out, project.data)
     classes = class_table(result)
     write_csv(classes, out / "classes.csv")
     reasons = (

@@ -67,9 +67,12 @@ def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> Non
 
 def _fail_if_stale(project: Project, name: str, why: str) -> None:
     """One line naming the stale upstream stages and the command that refreshes them."""
-    from flows.dag import stale_upstream
+    from flows.dag import stale_stages
 
-    stale = stale_upstream(project.root, name)
+    try:
+        stale = stale_stages(project.root, name, upstream_only=True)
+    except Exception:  # cannot be told, e.g. while `dvc repro` holds the repo lock
+        stale = []
     if stale:
         fail(
             f"stage {name} cannot run: {why}; {', '.join(stale)} changed since they last ran: "

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -56,25 +60,58 @@ def _collect(source: str, location: str = "", **options) -> None:
     _print_collect(result)
 
 
-def _limits(timeout: float, max_mb: float, retries: int, backoff: float, workers: int):
-    from tasks.download import DownloadLimits
+# --timeout … --workers: the options of every command that downloads, as one DownloadLimits
+DOWNLOAD_OPTIONS = {
+    "timeout": (
+        float,
+        typer.Option(30.0, min=0.1, help="seconds allowed for one download attempt"),
+    ),
+    "max_mb": (
+        float,
+        typer.Option(
+            50.0,
+            min=0.001,
+            help="largest file accepted (download or local), in MiB; checked by stat",
+        ),
+    ),
+    "retries": (int, typer.Option(3, min=0, help="retries of a timed-out or 5xx download")),
+    "backoff": (
+        float,
+        typer.Option(1.0, min=0.0, help="seconds before the first retry (doubled each time)"),
+    ),
+    "workers": (int, typer.Option(8, min=1, help="downloads in flight at once")),
+}
 
-    return DownloadLimits(
-        timeout=timeout,
-        max_bytes=int(max_mb * 2**20),
-        retries=retries,
-        backoff=backoff,
-        workers=workers,
-    )
 
+def download_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command(…, limits=DownloadLimits)` as a command taking the DOWNLOAD_OPTIONS."""
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "limits"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, (kind, option) in DOWNLOAD_OPTIONS.items()
+    ]
 
-TIMEOUT = typer.Option(30.0, min=0.1, help="seconds allowed for one download attempt")
-MAX_MB = typer.Option(
-    50.0, min=0.001, help="largest file accepted (download or local), in MiB; checked by stat"
-)
-RETRIES = typer.Option(3, min=0, help="retries of a timed-out or 5xx download")
-BACKOFF = typer.Option(1.0, min=0.0, help="seconds before the first retry (doubled each time)")
-WORKERS = typer.Option(8, min=1, help="downloads in flight at once")
+    @functools.wraps(command)
+    def with_limits(**values: Any) -> None:
+        from tasks.download import DownloadLimits
+
+        limits = DownloadLimits(
+            timeout=values.pop("timeout"),
+            max_bytes=int(values.pop("max_mb") * 2**20),
+            retries=values.pop("retries"),
+            backoff=values.pop("backoff"),
+            workers=values.pop("workers"),
+        )
+        command(**values, limits=limits)
+
+    del with_limits.__wrapped__  # typer reads the signature below, not the command's
+    with_limits.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    with_limits.__annotations__ = {
+        **{p.name: p.annotation for p in own},
+        **{name: kind for name, (kind, _) in DOWNLOAD_OPTIONS.items()},
+    }
+    return with_limits
 
 
 @collect_app.command("demo")
@@ -88,7 +125,7 @@ def collect_demo(
 @collect_app.command("folder")
 def collect_folder(
     path: Path = typer.Argument(..., help="an ImageFolder tree: PATH/<label>/<image>"),
-    max_mb: float = MAX_MB,
+    max_mb: float = DOWNLOAD_OPTIONS["max_mb"][1],
 ) -> None:
     """Copy an ImageFolder tree (one sub-folder per label) into data/.
 
@@ -103,40 +140,25 @@ def collect_folder(
 
 
 @collect_app.command("manifest")
+@download_options
 def collect_manifest(
     file: Path = typer.Argument(..., help="CSV or parquet: label + path and/or url (+ extras)"),
-    timeout: float = TIMEOUT,
-    max_mb: float = MAX_MB,
-    retries: int = RETRIES,
-    backoff: float = BACKOFF,
-    workers: int = WORKERS,
+    limits: Any = None,
 ) -> None:
     """Collect the rows of a manifest; relative paths resolve against the manifest's folder.
 
     Paths that leave that folder (../, absolute, symlinks) are refused; URLs are
     downloaded safely. Other columns (e.g. `group`) are kept in data/sources.csv.
     """
-    _collect(
-        "manifest",
-        str(file.resolve()),
-        limits=_limits(timeout, max_mb, retries, backoff, workers),
-    )
+    _collect("manifest", str(file.resolve()), limits=limits)
 
 
 @collect_app.command("urls")
+@download_options
 def collect_urls(
     file: Path = typer.Argument(..., help="a text file of 'URL [LABEL]' lines"),
     label: str = typer.Option("", help="label for lines that carry none"),
-    timeout: float = TIMEOUT,
-    max_mb: float = MAX_MB,
-    retries: int = RETRIES,
-    backoff: float = BACKOFF,
-    workers: int = WORKERS,
+    limits: Any = None,
 ) -> None:
     """Download a list of image URLs (http/https only) into data/<label>/."""
-    _collect(
-        "urls",
-        str(file.resolve()),
-        label=label,
-        limits=_limits(timeout, max_mb, retries, backoff, workers),
-    )
+    _collect("urls", str(file.resolve()), label=label, limits=limits)

@@ -35,7 +35,7 @@ def predict(
 ) -> None:
     """Classify images with the trained model: print a table and write a CSV."""
     from tasks.files import write_csv
-    from tasks.predict import Predictor, list_images
+    from tasks.predict import list_images, predict_images
 
     project = current_project()
     model_pt = _model_file(project, model)
@@ -45,7 +45,7 @@ def predict(
         fail(str(exc))
     if not paths:
         fail(f"no image files under {target}")
-    frame = Predictor.load(model_pt).predict(paths, top_k=top_k)
+    frame = predict_images(model_pt, paths, top_k=top_k)
     out = csv or project.artifacts("predict") / "predictions.csv"
     write_csv(frame, out)
     table = Table(title=f"predictions ({model_pt.name})")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -155,16 +157,11 @@ def collect_flow(
     return result
 
 
-def run_collect(
-    source: SourceKind,
-    location: str = "",
-    root: str = ".",
-    label: str = "",
-    per_class: int = DEMO_PER_CLASS,
-    limits: DownloadLimits = DownloadLimits(),
-) -> dict:
-    """The collect flow with as many download threads as `limits.workers` allows."""
-    runner = ThreadPoolTaskRunner(max_workers=limits.workers)
-    return collect_flow.with_options(task_runner=runner)(
-        source, location, root, label, per_class, limits
-    )
+@functools.wraps(collect_flow.fn)
+def run_collect(*args: Any, **kwargs: Any) -> dict:
+    """The collect flow (same arguments) with as many download threads as `limits.workers`
+    allows."""
+    bound = inspect.signature(collect_flow.fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    runner = ThreadPoolTaskRunner(max_workers=bound.arguments["limits"].workers)
+    return collect_flow.with_options(task_runner=runner)(*bound.args, **bound.kwargs)

@@ -25,24 +25,17 @@ def in_order(repo, until: str | None = None) -> Iterator:
     yield from nx.dfs_postorder_nodes(graph, source=start)
 
 
-def stale_stages(root: Path, until: str | None = None) -> list[str]:
+def stale_stages(root: Path, until: str | None = None, upstream_only: bool = False) -> list[str]:
     """Names of the stages DVC would run now (a stage downstream of a stale one counts
-    only if its own deps changed: it is re-checked after its upstream runs)."""
+    only if its own deps changed: it is re-checked after its upstream runs).
+
+    With `upstream_only`, only the stages before `until`: why `until` may have failed on
+    missing or outdated inputs.
+    """
     from dvc.repo import Repo, lock_repo
 
     with contextlib.chdir(root), Repo(str(root)) as repo, lock_repo(repo):
-        return [stage.addressing for stage in in_order(repo, until) if stage.changed()]
-
-
-def stale_upstream(root: Path, name: str) -> list[str]:
-    """The stages before `name` whose deps changed since dvc.lock: why `name` may have
-    failed on missing or outdated inputs. Empty when that cannot be told (e.g. while
-    `dvc repro` holds the repo lock)."""
-    from dvc.repo import Repo, lock_repo
-
-    try:
-        with contextlib.chdir(root), Repo(str(root)) as repo, lock_repo(repo):
-            before = [stage for stage in in_order(repo, name) if stage.addressing != name]
-            return [stage.addressing for stage in before if stage.changed()]
-    except Exception:
-        return []
+        stages = in_order(repo, until)
+        if upstream_only:
+            stages = (stage for stage in stages if stage.addressing != until)
+        return [stage.addressing for stage in stages if stage.changed()]

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 from prefect import flow
 
 from flows.naming import stage_run_name
 from flows.project import Project
 from tasks.export import SUFFIX, Format, Parity, export_model
-from tasks.train import load_model
+from tasks.inference import LoadedModel
 
 
-def parity_inputs(project: Project, meta: dict) -> torch.Tensor:
-    """Up to 16 test images preprocessed as in evaluation; random ones outside a project."""
+def parity_inputs(project: Project, model: LoadedModel) -> torch.Tensor:
+    """Up to 16 test images from the clean cache, preprocessed as the model was trained;
+    random ones outside a project."""
     split = project.artifacts("split") / "split.parquet"
-    if split.is_file() and (project.artifacts("augment") / "eval.yaml").is_file():
-        from flows.inputs import train_data
-        from tasks.dataset import CachedImages
-
-        data = train_data(project, image_size=meta["image_size"])
-        rows = data.part("test").head(16)
+    if split.is_file():
+        frame = pd.read_parquet(split)
+        rows = frame[frame["split"] == "test"].head(16)
         if not rows.empty:
-            dataset = CachedImages(rows, data.clean_dir, data.eval_pipeline, meta["classes"])
+            dataset = model.cached(rows, project.artifacts("clean"))
             return torch.stack([dataset[i][0] for i in range(len(dataset))])
-    size = meta["image_size"]
+    size = model.meta["image_size"]
     return torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
@@ -35,8 +34,9 @@ def export_flow(
 ) -> tuple[Path, Parity, dict]:
     """The exported file, its parity with the PyTorch model, and the model's metadata."""
     project = Project(Path(root))
-    net, meta = load_model(Path(model))
+    loaded = LoadedModel.load(Path(model))
     dest = Path(out) if out else project.artifacts("export") / f"model{SUFFIX[fmt]}"
-    parity = export_model(net, meta, fmt, dest, parity_inputs(project, meta), atol=atol)
-    meta = {k: v for k, v in meta.items() if k != "state_dict"}
+    inputs = parity_inputs(project, loaded)
+    parity = export_model(loaded.net, loaded.meta, fmt, dest, inputs, atol=atol)
+    meta = {k: v for k, v in loaded.meta.items() if k != "state_dict"}
     return dest, parity, meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from params import STAGE_MODELS, ParamsError, load_params
+from params import STAGE_MODELS, AugmentParams, ParamsError, load_params
 from params.schema import _Params
 
 
@@ -37,7 +37,17 @@ class Project:
         return self.root / "params" / f"{stage}.yaml"
 
     def params(self, stage: str) -> _Params:
-        return load_params(STAGE_MODELS[stage], self.params_file(stage))
+        """The stage's validated params; an augment `custom:` list is checked against
+        albumentations too (params/ knows no transforms)."""
+        path = self.params_file(stage)
+        params = load_params(STAGE_MODELS[stage], path)
+        if isinstance(params, AugmentParams) and params.custom:  # albumentations: seconds
+            from tasks.transforms import check_custom
+
+            error = check_custom(params.custom, path)
+            if error:
+                raise ParamsError(error)
+        return params
 
     def set_params(self, stage: str, params: _Params) -> list[str]:
         """Write the values of `params` that differ into params/<stage>.yaml, comments kept

@@ -90,7 +90,9 @@ class AugmentParams(_Params):
 
     Train: RandomResizedCrop to `image_size`, then the preset's transforms (or
     `custom` ones), then the model's normalisation. `mean`/`std` 'auto' follow
-    the model in train.yaml.
+    the model in train.yaml. Whether each `custom` transform exists and takes
+    its arguments is albumentations' to say: tasks/transforms.py checks it
+    (Project.params and the pipeline builder call it), so params imports no tasks code.
     """
 
     image_size: int = Field(96, ge=16, le=1024, description="side of the square model input")
@@ -116,17 +118,6 @@ class AugmentParams(_Params):
         "cpu (loader workers), gpu (per batch on the training device), auto (gpu on CUDA)",
     )
     seed: int = 0
-
-    @field_validator("custom")
-    @classmethod
-    def _known_transforms(
-        cls, custom: list[dict[str, dict[str, Any] | None]]
-    ) -> list[dict[str, dict[str, Any] | None]]:
-        if custom:  # imports albumentations (seconds): only when there is something to check
-            from tasks.transforms import check_specs
-
-            check_specs(custom)
-        return custom
 
     @model_validator(mode="after")
     def _custom_needs_its_preset(self) -> AugmentParams:

@@ -2,14 +2,18 @@
 
 model.pt holds weights, classes and the exact preprocessing (the eval pipeline
 and the clean stage's decoding), so evaluate, the registry, crossval, predict
-and export all score a model with its own preprocessing through
-`predict_probs`, whatever today's params say.
+and export all score a model with its own preprocessing, whatever today's
+params say: each loads it as a `LoadedModel`, which builds the eval pipeline
+and runs batched inference, from the clean cache (`predict_probs`) or from raw
+files (tasks/predict.py's `predict_files`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -18,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from params import CleanParams
 from tasks.checkpoint import load_torch
 from tasks.model import Classifier, build_classifier
 
@@ -83,12 +88,12 @@ def eval_pipeline(meta: dict) -> A.Compose:
 @torch.no_grad()
 def predict_logits(
     net: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     dtype: torch.dtype | None = None,
     tta: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) for a whole loader, in loader order.
+    """(logits, targets) for a whole loader (any iterable of batches), in loader order.
 
     With `tta`, the logits are log-mean-probabilities of the image and its mirror.
     """
@@ -109,6 +114,50 @@ def predict_logits(
     return torch.cat(outs), torch.cat(targets)
 
 
+@dataclass
+class LoadedModel:
+    """A model.pt ready to score: its network, metadata and its own eval pipeline."""
+
+    net: nn.Module
+    meta: dict
+    pipeline: A.Compose
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: Path, device: str | torch.device = "cpu") -> LoadedModel:
+        device = torch.device(device)
+        net, meta = load_model(path, device)
+        return cls(net, meta, eval_pipeline(meta), device)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def clean(self) -> CleanParams:
+        """The clean stage's decoding settings the model was trained with (raw files)."""
+        return CleanParams.model_validate_json(self.meta["clean"])
+
+    def cached(self, rows: pd.DataFrame, clean_dir: Path):
+        """Split `rows` from the clean cache through the model's eval pipeline (a CachedImages).
+
+        Targets index the model's classes; a label it does not know gets an index
+        ≥ len(classes)."""
+        from tasks.dataset import CachedImages
+
+        unknown = sorted(set(rows["label"]) - set(self.classes))
+        return CachedImages(rows, clean_dir, self.pipeline, [*self.classes, *unknown])
+
+    def probs(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tta: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, targets) of (images, targets) batches, in batch order."""
+        logits, targets = predict_logits(self.net, batches, self.device, tta=tta)
+        if not len(logits):
+            return np.zeros((0, len(self.classes))), np.zeros(0, dtype=int)
+        return torch.softmax(logits, 1).numpy(), targets.numpy()
+
+
 def predict_probs(
     model_file: Path,
     rows: pd.DataFrame,
@@ -120,14 +169,10 @@ def predict_probs(
     """(probabilities, targets, metadata) of split `rows` read from the clean cache, through
     the model's own eval pipeline. Targets index the model's classes; a label the model does
     not know gets an index ≥ len(classes)."""
-    from tasks.dataset import CachedImages, make_loader
+    from tasks.dataset import make_loader
 
-    device = torch.device(device)
-    net, meta = load_model(model_file, device)
+    model = LoadedModel.load(model_file, device)
     if rows.empty:
-        return np.zeros((0, len(meta["classes"]))), np.zeros(0, dtype=int), meta
-    unknown = sorted(set(rows["label"]) - set(meta["classes"]))
-    dataset = CachedImages(rows, clean_dir, eval_pipeline(meta), [*meta["classes"], *unknown])
-    loader = make_loader(dataset, batch_size, False, 0, 0)
-    logits, targets = predict_logits(net, loader, device, tta=tta)
-    return torch.softmax(logits, 1).numpy(), targets.numpy(), meta
+        return *model.probs([]), model.meta
+    loader = make_loader(model.cached(rows, clean_dir), batch_size, False, 0, 0)
+    return *model.probs(loader, tta), model.meta

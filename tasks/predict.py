@@ -1,13 +1,13 @@
 """Predictions from a model.pt alone: raw image → the clean stage's decoding → eval pipeline → net.
 
 The model file carries the class names, the serialized eval pipeline and the
-clean params it was trained with, so no project params are needed.
+clean params it was trained with, so no project params are needed. The model
+is loaded and run by tasks/inference.py's LoadedModel, as for the clean cache.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import albumentations as A
@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch import nn
 
 from params import CleanParams
-from tasks.clean import prepare
+from tasks.clean_cache import prepare
 from tasks.decode import RejectedImage, decode
-from tasks.train import load_model
+from tasks.inference import LoadedModel
 
 
 def list_images(target: Path) -> list[Path]:
@@ -37,63 +36,63 @@ def list_images(target: Path) -> list[Path]:
     )
 
 
-@dataclass
-class Predictor:
-    net: nn.Module
-    classes: list[str]
-    pipeline: A.Compose
-    clean: CleanParams
-    device: torch.device
+def image_tensor(path: Path, clean: CleanParams, pipeline: A.Compose) -> torch.Tensor:
+    """One raw image as the model's input tensor (CHW), decoded exactly as in training."""
+    decoded = decode(path.read_bytes(), clean.background, clean.max_pixels)
+    image = prepare(decoded, clean.max_side)
+    return pipeline(image=np.asarray(image))["image"]
 
-    @classmethod
-    def load(cls, model_pt: Path, device: str = "cpu") -> Predictor:
-        net, meta = load_model(model_pt, device)
-        return cls(
-            net=net,
-            classes=list(meta["classes"]),
-            pipeline=A.from_dict(json.loads(meta["eval_pipeline"])),
-            clean=CleanParams.model_validate_json(meta["clean"]),
-            device=torch.device(device),
-        )
 
-    def tensor(self, path: Path) -> torch.Tensor:
-        """One image as the model's input tensor (CHW), decoded exactly as in training."""
-        decoded = decode(path.read_bytes(), self.clean.background, self.clean.max_pixels)
-        image = prepare(decoded, self.clean.max_side)
-        return self.pipeline(image=np.asarray(image))["image"]
+def predict_files(
+    model_file: Path, paths: list[Path], device: str = "cpu", batch_size: int = 32
+) -> tuple[np.ndarray, dict[int, str], dict]:
+    """(probabilities, errors, metadata) of raw image files, decoded with the model's clean
+    params: an unreadable file has a NaN row and its reason in errors[its index]."""
+    model = LoadedModel.load(model_file, device)
+    clean = model.clean
+    errors: dict[int, str] = {}
 
-    @torch.no_grad()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        self.net.eval()
-        return torch.softmax(self.net(batch.to(self.device)).float(), 1).cpu()
-
-    def predict(self, paths: list[Path], top_k: int = 3, batch_size: int = 32) -> pd.DataFrame:
-        """One row per image: predicted class, confidence and the top-k; unreadable → `error`."""
-        k = max(1, min(top_k, len(self.classes)))
-        rows: list[dict] = []
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            tensors, ok = [], []
-            for path in chunk:
+            tensors, index = [], []
+            for i in range(start, min(start + batch_size, len(paths))):
                 try:
-                    tensors.append(self.tensor(path))
-                    ok.append(path)
+                    tensors.append(image_tensor(paths[i], clean, model.pipeline))
                 except (RejectedImage, OSError) as exc:
-                    rows.append({"path": str(path), "error": str(exc)})
-            if not tensors:
-                continue
-            probs = self.probabilities(torch.stack(tensors))
-            top = probs.topk(k, dim=1)
-            for path, values, indices in zip(ok, top.values, top.indices, strict=True):
-                row: dict = {
-                    "path": str(path),
-                    "predicted": self.classes[int(indices[0])],
-                    "confidence": round(float(values[0]), 4),
-                }
-                for rank, (v, i) in enumerate(zip(values, indices, strict=True), start=1):
-                    row[f"top{rank}"] = self.classes[int(i)]
-                    row[f"p{rank}"] = round(float(v), 4)
-                rows.append(row | {"error": ""})
-        order = {str(p): i for i, p in enumerate(paths)}
-        frame = pd.DataFrame(rows)
-        return frame.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+                    errors[i] = str(exc)
+                    continue
+                index.append(i)
+            if tensors:
+                yield torch.stack(tensors), torch.tensor(index)
+
+    probs = np.full((len(paths), len(model.classes)), np.nan, dtype=np.float64)
+    scored, index = model.probs(batches())
+    probs[index] = scored
+    return probs, errors, model.meta
+
+
+def predict_images(
+    model_file: Path, paths: list[Path], top_k: int = 3, batch_size: int = 32
+) -> pd.DataFrame:
+    """One row per image, in `paths` order: predicted class, confidence and the top-k;
+    an unreadable file gets its reason in `error`."""
+    probs, errors, meta = predict_files(model_file, paths, batch_size=batch_size)
+    classes = list(meta["classes"])
+    k = max(1, min(top_k, len(classes)))
+    rows: list[dict] = []
+    for i, path in enumerate(paths):
+        if i in errors:
+            rows.append({"path": str(path), "error": errors[i]})
+            continue
+        top = torch.from_numpy(probs[i]).topk(k)
+        row: dict = {
+            "path": str(path),
+            "predicted": classes[int(top.indices[0])],
+            "confidence": round(float(top.values[0]), 4),
+        }
+        for rank, (v, c) in enumerate(zip(top.values, top.indices, strict=True), start=1):
+            row[f"top{rank}"] = classes[int(c)]
+            row[f"p{rank}"] = round(float(v), 4)
+        rows.append(row | {"error": ""})
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in frame.columns if c != "error"] + ["error"]]

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from params import RetrainParams
 from tasks.files import write_json
@@ -97,23 +96,11 @@ def predict_test(
     Both come from model.pt (as in `visiontune predict`), so a champion trained with
     other preprocessing, or on another clean cache, is scored the way it was trained.
     """
-    from tasks.decode import RejectedImage
-    from tasks.predict import Predictor
+    from tasks.predict import predict_files
 
-    predictor = Predictor.load(model_path)
-    probs = np.full((len(test), len(predictor.classes)), np.nan, dtype=np.float64)
     paths = [data_dir / rel for rel in test["path"]]
-    for start in range(0, len(paths), batch_size):
-        rows, tensors = [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                tensors.append(predictor.tensor(paths[i]))
-            except (RejectedImage, OSError):
-                continue
-            rows.append(i)
-        if tensors:
-            probs[rows] = predictor.probabilities(torch.stack(tensors)).double().numpy()
-    return Predictions(predictor.classes, probs)
+    probs, _, meta = predict_files(model_path, paths, batch_size=batch_size)
+    return Predictions(list(meta["classes"]), probs)
 
 
 def metrics_on(pred: Predictions, test: pd.DataFrame, mask: np.ndarray) -> dict[str, float]:

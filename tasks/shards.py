@@ -53,7 +53,7 @@ class ShardError(RuntimeError):
 @dataclass
 class Location:
     sha256: str  # the raw file's content hash
-    key: str  # the decode key (tasks.clean.cache_key) that produced the pixels
+    key: str  # the decode key (tasks.clean_cache.cache_key) that produced the pixels
     shard: str  # file name under shards/
     offset: int  # byte offset of the first pixel in the shard's flat array
     height: int

@@ -12,7 +12,8 @@ image-only transforms: they serialise with `A.save`/`A.load` like any other
 (by the name `tasks.transforms.<Name>`), draw their randomness from the
 pipeline's seed, and can be named in `custom:` lists.
 
-Kept free of params imports: params/schema.py calls `check_specs` while validating.
+`check_custom` is the params check of a `custom:` list: params/ itself stays
+free of albumentations (and of tasks/), so the project's params loader calls it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -90,7 +92,13 @@ class _TorchvisionPolicy(A.ImageOnlyTransform):
     torchvision draws from torch's global RNG; each call runs it under a forked
     RNG seeded from the albumentations pipeline's generator, so a seeded
     pipeline gives the same images run after run (and leaves torch's RNG alone).
+    Subclasses name the policy (`_make_policy`) and add their own arguments, if any.
     """
+
+    class InitSchema(BaseTransformInitSchema):
+        num_magnitude_bins: int = Field(ge=2)
+        interpolation: Literal["nearest", "bilinear"]
+        fill: tuple[int, int, int] | None
 
     def __init__(
         self,
@@ -143,20 +151,6 @@ class _TorchvisionPolicy(A.ImageOnlyTransform):
 class TrivialAugmentWide(_TorchvisionPolicy):
     """torchvision's TrivialAugmentWide: one random op at a random magnitude per image."""
 
-    class InitSchema(BaseTransformInitSchema):
-        num_magnitude_bins: int = Field(ge=2)
-        interpolation: Literal["nearest", "bilinear"]
-        fill: tuple[int, int, int] | None
-
-    def __init__(
-        self,
-        num_magnitude_bins: int = 31,
-        interpolation: Literal["nearest", "bilinear"] = "nearest",
-        fill: tuple[int, int, int] | None = None,
-        p: float = 1.0,
-    ) -> None:
-        super().__init__(num_magnitude_bins, interpolation, fill, p)
-
     def _make_policy(self) -> Any:
         from torchvision.transforms import v2
 
@@ -166,12 +160,9 @@ class TrivialAugmentWide(_TorchvisionPolicy):
 class RandAugment(_TorchvisionPolicy):
     """torchvision's RandAugment: `num_ops` random ops at a fixed `magnitude` per image."""
 
-    class InitSchema(BaseTransformInitSchema):
+    class InitSchema(_TorchvisionPolicy.InitSchema):
         num_ops: int = Field(ge=1)
         magnitude: int = Field(ge=0)
-        num_magnitude_bins: int = Field(ge=2)
-        interpolation: Literal["nearest", "bilinear"]
-        fill: tuple[int, int, int] | None
 
     def __init__(
         self,
@@ -296,6 +287,11 @@ def build_transforms(specs: list[Any]) -> list[Any]:
     return built
 
 
-def check_specs(specs: list[Any]) -> None:
-    """Raise TransformError if any spec would not build (used by params validation)."""
-    build_transforms(specs)
+def check_custom(specs: list[Any], source: Path) -> str | None:
+    """The one-line error for `custom:` in `source` (params/augment.yaml) if a spec would not
+    build, in the form of the params loader's other errors; None when all build."""
+    try:
+        build_transforms(specs)
+    except TransformError as exc:
+        return f"{source}: custom: {exc} (got {specs!r})"
+    return None

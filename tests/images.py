@@ -59,6 +59,14 @@ def write_image_folder(
     return paths
 
 
+def write_collect_source(root: Path, per_class: int) -> Path:
+    """A source to collect: write_image_folder's tree plus circle/broken.png, which clean
+    rejects (corrupt)."""
+    write_image_folder(root, per_class=per_class)
+    truncated_png(root / "circle" / "broken.png")
+    return root
+
+
 def truncated_png(path: Path) -> Path:
     """A PNG cut in half: opens (header is fine) but fails to fully decode."""
     img = shape_image("circle", random.Random(99), size=64)

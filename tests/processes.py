@@ -13,15 +13,18 @@ from pathlib import Path
 from tests.project import env
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    """`args` (e.g. the visiontune console script) in a new session, so killpg gets every child."""
+def start(*args: str, cwd: Path, stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """`args` (e.g. the visiontune console script) in a new session, so killpg gets every child.
+
+    With `stdout=subprocess.PIPE`, its output is text lines (e.g. to wait for a cue)."""
     return subprocess.Popen(
         args,
         cwd=cwd,
         env=env(),
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        text=True,
     )
 
 

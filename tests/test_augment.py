@@ -1,3 +1,5 @@
+"""The augment stage: saved train/eval pipelines, presets, `custom:` lists, the balance plan."""
+
 import random
 
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from flows.project import Project
 from params import AugmentParams, ParamsError, load_params
 from tasks.augment import (
     PipelineError,
@@ -119,11 +122,13 @@ def test_custom_transforms_by_name_from_yaml(tmp_path):
     ],
 )
 def test_bad_custom_transforms_fail_naming_file_key_and_reason(tmp_path, custom, message):
-    path = _write(tmp_path, f"preset: custom\ncustom:\n  {custom}\n")
+    (tmp_path / "params").mkdir()
+    path = _write(tmp_path / "params", f"preset: custom\ncustom:\n  {custom}\n")
     with pytest.raises(ParamsError) as err:
-        load_params(AugmentParams, path)
+        Project(tmp_path).params("augment")
     text = str(err.value)
     assert text.startswith(f"{path}: custom: ") and message in text
+    assert "\n" not in text
 
 
 def test_custom_and_preset_must_agree(tmp_path):

@@ -1,3 +1,5 @@
+"""The clean stage: every rejection reason, RGB conversion, near-duplicates, the cache."""
+
 import hashlib
 import os
 import random
@@ -10,17 +12,10 @@ import pytest
 from PIL import Image
 
 from params import CleanParams
-from tasks.clean import (
-    CACHE_INDEX,
-    REASONS,
-    class_table,
-    clean_dataset,
-    clean_images,
-    hash_files,
-    imbalance_warning,
-    list_raw_images,
-    write_manifest,
-)
+from tasks.clean import clean_dataset, hash_files, list_raw_images
+from tasks.clean_cache import CACHE_INDEX
+from tasks.clean_manifest import class_table, imbalance_warning, write_manifest
+from tasks.clean_rules import REASONS
 from tasks.decode import RejectedImage, decode
 from tasks.duplicates import near_duplicate_components
 from tasks.shards import ShardReader
@@ -50,9 +45,10 @@ def test_every_rejection_reason_is_recorded_and_nothing_crashes(tmp_path):
 
     out = tmp_path / "clean"
     with fifo_watch(data) as opened:  # a FIFO opened for reading would block clean forever
-        records, rejected = clean_images.fn(data, out, BAD_CORPUS_PARAMS)
+        result = clean_dataset(data, out, BAD_CORPUS_PARAMS)
+        records, rejected = result.records, result.rejected
     assert opened == []
-    manifest = write_manifest.fn(records, rejected, out)
+    manifest = write_manifest(records, rejected, out)
 
     assert {r.path: r.reason for r in rejected} == expected
     on_disk = pd.read_csv(out / "rejected.csv")
@@ -75,7 +71,8 @@ def test_modes_are_converted_to_rgb_and_exif_orientation_applied(tmp_path):
     modes = write_convertible_modes(data)
     (data / "square" / "rotated.jpg").write_bytes(rotated_jpeg_bytes())
     out = tmp_path / "clean"
-    records, rejected = clean_images.fn(data, out, CleanParams(near_duplicates="off"))
+    result = clean_dataset(data, out, CleanParams(near_duplicates="off"))
+    records, rejected = result.records, result.rejected
     assert rejected == []
     by_path = {r.path: r for r in records}
     assert {p: by_path[p].mode for p in modes} == modes
@@ -107,9 +104,10 @@ def test_a_real_decompression_bomb_is_refused_before_decoding():
 def test_near_duplicates_are_grouped_by_default(tmp_path):
     data = tmp_path / "data"
     write_bad_corpus(data)
-    records, rejected = clean_images.fn(
+    result = clean_dataset(
         data, tmp_path / "clean", CleanParams(max_pixels=200_000, classes=list(CLASSES))
     )
+    records, rejected = result.records, result.rejected
     by_path = {r.path: r for r in records}
     original, reencoded = by_path["square/a_original.png"], by_path["square/c_reencoded.jpg"]
     assert original.dup_group == reencoded.dup_group == min(original.sha256, reencoded.sha256)
@@ -206,8 +204,9 @@ def test_sources_columns_ride_into_the_manifest(tmp_path):
     (data / "sources.csv").write_text(
         "path,label,source,sha256,group\ncircle/circle_0_000.jpg,Circle!,/src/a.jpg,x,subject-1\n"
     )
-    records, rejected = clean_images.fn(data, tmp_path / "clean", CleanParams())
-    manifest = write_manifest.fn(records, rejected, tmp_path / "clean", data)
+    result = clean_dataset(data, tmp_path / "clean", CleanParams())
+    records, rejected = result.records, result.rejected
+    manifest = write_manifest(records, rejected, tmp_path / "clean", data)
     rows = manifest.set_index("path")
     assert rows.loc["circle/circle_0_000.jpg", "group"] == "subject-1"
     assert rows.loc["circle/circle_0_000.jpg", "original_label"] == "Circle!"
@@ -245,7 +244,8 @@ def test_clean_of_a_copied_image_under_another_name_is_a_duplicate(tmp_path):
     (data / "circle").mkdir(parents=True)
     img.save(data / "circle" / "b.png")
     shutil.copy(data / "circle" / "b.png", data / "circle" / "a.png")
-    records, rejected = clean_images.fn(data, tmp_path / "clean", CleanParams())
+    result = clean_dataset(data, tmp_path / "clean", CleanParams())
+    records, rejected = result.records, result.rejected
     assert [r.path for r in records] == ["circle/a.png"]
     assert [(r.path, r.reason, r.detail) for r in rejected] == [
         ("circle/b.png", "duplicate", "same bytes as circle/a.png")
@@ -253,14 +253,14 @@ def test_clean_of_a_copied_image_under_another_name_is_a_duplicate(tmp_path):
 
 
 def test_clean_one_gives_the_cached_pixels(tmp_path):
-    """Prediction decodes single files with clean_one: the same pixels training saw."""
+    """clean_one decodes a single file as the stage does: the same pixels training saw."""
     from tasks.clean import clean_one
 
     data = tmp_path / "data"
     write_convertible_modes(data)
     (data / "square" / "rotated.jpg").write_bytes(rotated_jpeg_bytes())
     params = CleanParams(max_side=16, near_duplicates="off")
-    records, _ = clean_images.fn(data, tmp_path / "clean", params)
+    records = clean_dataset(data, tmp_path / "clean", params).records
     reader = ShardReader(tmp_path / "clean")
     for rec in records:
         image, size = clean_one((data / rec.path).read_bytes(), params)

@@ -1,3 +1,5 @@
+"""Collecting sources into data/: folders, the demo, URL lists, manifests, hostile input."""
+
 import contextlib
 import hashlib
 import os

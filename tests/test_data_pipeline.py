@@ -14,7 +14,7 @@ from flows.collect import run_collect
 from params import CleanParams
 from tasks.clean import clean_dataset
 from tasks.shards import SHARDS, ShardReader
-from tests.images import truncated_png, write_image_folder
+from tests.images import write_collect_source, write_image_folder
 from tests.project import make_project, sh
 
 PARAMS = {
@@ -43,9 +43,7 @@ def _manifest_csv(source, groups_of: dict[str, str]) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_server):
     base = tmp_path_factory.mktemp("data-pipeline")
-    source = base / "source"
-    write_image_folder(source, per_class=12)
-    truncated_png(source / "circle" / "broken.png")
+    source = write_collect_source(base / "source", per_class=12)
     # three subjects photographed across classes: each must stay in one split and fold
     groups = {
         f"{kind}_0_{i:03d}.{ext}": f"subject{i}"

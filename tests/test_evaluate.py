@@ -1,3 +1,5 @@
+"""Test metrics checked against scikit-learn, calibration, the promotion decision, figures."""
+
 import numpy as np
 import pandas as pd
 import pytest

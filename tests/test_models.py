@@ -17,9 +17,10 @@ from params import AugmentParams, ParamsError, TrainParams, load_params
 from tasks.augment import build_pipelines
 from tasks.dataset import CachedImages
 from tasks.export import export_model
+from tasks.inference import LoadedModel
 from tasks.model import LITES, ModelError, build_classifier, data_config, preprocessing
 from tasks.optim import param_groups, stage_lrs
-from tasks.predict import Predictor
+from tasks.predict import image_tensor, predict_images
 from tasks.train import MODEL, fit, load_model
 from tasks.zoo import offline_models
 from tests.images import write_image_folder
@@ -153,7 +154,7 @@ def test_timm_model_trains_predicts_and_exports(timm_trained, tmp_path):
     assert meta["arch"] == TIMM_TINY and meta["mean"] == [0.5, 0.5, 0.5]
     test = data.part("test")
     paths = [root / "data" / rel for rel in test["path"]]
-    frame = Predictor.load(model_pt).predict(paths, top_k=2)
+    frame = predict_images(model_pt, paths, top_k=2)
     assert (frame["error"] == "").all() and set(frame["predicted"]) <= set(data.classes)
     dataset = CachedImages(test, data.clean_dir, data.eval_pipeline, meta["classes"])
     inputs = torch.stack([dataset[i][0] for i in range(len(dataset))])
@@ -207,9 +208,10 @@ def test_hub_model_offline_through_the_pipeline(tmp_path, monkeypatch, prefect_s
     # model.pt is enough: predict and export need neither the Hub nor its cache
     net, meta = load_model(model_pt)
     images = sorted((project / "data" / "circle").glob("*.png"))[:4]
-    frame = Predictor.load(model_pt).predict(images, top_k=2)
+    frame = predict_images(model_pt, images, top_k=2)
     assert (frame["error"] == "").all() and set(frame["predicted"]) <= set(meta["classes"])
-    inputs = torch.stack([Predictor.load(model_pt).tensor(path) for path in images])
+    loaded = LoadedModel.load(model_pt)
+    inputs = torch.stack([image_tensor(p, loaded.clean, loaded.pipeline) for p in images])
     assert export_model(net, meta, "onnx", tmp_path / "model.onnx", inputs).same_argmax
     # `visiontune models` lists the cached repo offline; an uncached one is a one-line error
     assert "hf-hub:acme/tiny" in [e.model for e in offline_models(cache)]

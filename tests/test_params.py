@@ -1,4 +1,8 @@
+"""Params validation: one-line errors naming file, key and reason, before any work starts."""
+
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +143,41 @@ def test_set_params_writes_only_the_keys_given_and_keeps_the_comments(tmp_path):
     assert len(after.splitlines()) == len(before.splitlines())
     assert "# head LR (peak)" in after and "# model" in after
     assert project.set_params("train", given) == []
+
+
+_PURE = """
+import sys
+import params
+from params import AugmentParams
+AugmentParams(preset="custom", custom=[{"ToGray": {}}])
+print(sorted(m for m in sys.modules if m.split(".")[0] == "tasks"))
+"""
+
+
+def test_importing_params_imports_no_tasks_module():
+    out = subprocess.run(
+        [sys.executable, "-c", _PURE], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_check_params_names_a_bad_custom_transform_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params" / "augment.yaml").write_text(
+        "preset: custom\ncustom:\n  - HorizontalFlp: {p: 0.5}\n"
+    )
+    (tmp_path / "params" / "crossval.yaml").write_text("label_issues: -5\n")
+    monkeypatch.chdir(tmp_path)
+    bad = CliRunner().invoke(app, ["check-params"])
+    assert bad.exit_code == 2
+    lines = [line for line in bad.stderr.splitlines() if "augment.yaml" in line]
+    assert len(lines) == 1, bad.stderr
+    assert "params/augment.yaml: custom: item 0: HorizontalFlp: not an albumentations" in (
+        bad.output.replace("\n", "")
+    )
+    assert "crossval.yaml: label_issues" in bad.output.replace("\n", "")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flows.stages import STAGES
-from tests.images import truncated_png, write_image_folder
+from tests.images import write_collect_source
 from tests.project import TINY_PARAMS, make_project, of_runs, sh
 
 pytestmark = pytest.mark.e2e
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def ran_project(tmp_path_factory, prefect_server):
     base = tmp_path_factory.mktemp("pipeline")
-    source = base / "source"
-    write_image_folder(source, per_class=14)
-    truncated_png(source / "circle" / "broken.png")
+    source = write_collect_source(base / "source", per_class=14)
     project = make_project(base / "project", TINY_PARAMS)
     collected = sh("visiontune", "collect", "folder", str(source), cwd=project)
     run = sh("visiontune", "run", cwd=project)

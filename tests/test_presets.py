@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from params import AugmentParams, ParamsError, load_params
+from flows.project import Project
+from params import AugmentParams, ParamsError
 from tasks.augment import build_pipelines, load_pipeline, save_pipeline
 from tasks.transforms import RandAugment, TransformError, TrivialAugmentWide, build_transforms
 from tests.images import shape_image
@@ -68,7 +69,8 @@ def test_policies_by_name_in_custom_lists(tmp_path):
         build_transforms([{"RandAugment": {"magnitude": 40}}])
     with pytest.raises(TransformError, match="did you mean RandAugment"):
         build_transforms([{"RandAugmnt": {}}])
-    path = tmp_path / "augment.yaml"
+    (tmp_path / "params").mkdir()
+    path = tmp_path / "params" / "augment.yaml"
     path.write_text("preset: custom\ncustom:\n  - RandAugment: {num_ops: 0}\n")
     with pytest.raises(ParamsError, match=r"RandAugment: num_ops: Input should be greater"):
-        load_params(AugmentParams, path)
+        Project(tmp_path).params("augment")

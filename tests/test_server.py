@@ -1,3 +1,5 @@
+"""The project-local Prefect server: loopback, stopped by PID, scheduled deployments, orphans."""
+
 import os
 import urllib.request
 from pathlib import Path

@@ -1,3 +1,5 @@
+"""The split stage: stable, stratified, group- and near-duplicate-aware, k folds."""
+
 import hashlib
 
 import pandas as pd

@@ -1,8 +1,9 @@
+"""The training loop: offline weights, freezing and unfreezing, LRs, checkpoints and resume."""
+
 import json
-import os
-import signal
-import subprocess
 import sys
+from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from tasks.model import LITE0, ModelError, build_classifier
 from tasks.optim import stage_lrs, trainable_stages
 from tasks.train import CHECKPOINT, MODEL, TrainData, fit, load_model, param_groups
 from tests.conftest import REPO
+from tests.processes import kill_when, start
 from tests.training import save_inputs, tiny_train_data
 
 TINY = dict(epochs=3, freeze_epochs=1, batch_size=8, patience=5, lr=3e-3, device="cpu")
@@ -173,6 +175,19 @@ def test_checkpoint_holds_the_whole_training_state(data, tmp_path):
     assert json.loads(model["clean"])["max_side"] == 32
 
 
+def _fit_counting_epochs(params: TrainParams, data, out_dir: Path):
+    """fit's result and the epochs it ran (not those a resume skipped)."""
+    epochs: list[int] = []
+    result = fit(
+        params,
+        data,
+        out_dir=out_dir,
+        on_epoch=lambda m: epochs.append(m.epoch),
+        show_progress=False,
+    )
+    return result, epochs
+
+
 CHILD = """
 import sys, time
 from pathlib import Path
@@ -194,32 +209,13 @@ def test_resume_after_the_training_process_is_killed_mid_epoch(data, tmp_path):
     params = TrainParams(**{**TINY, "epochs": 4, "ema_decay": 0.9, "mixup_alpha": 0.4})
     inputs = save_inputs(data, params, tmp_path / "inputs")
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(inputs), str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        line = child.stdout.readline()  # blocks until the child is inside epoch 3's batches
-        assert line.strip() == "mid-epoch", child.stderr.read()
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    child = start(sys.executable, "-c", CHILD, str(inputs), str(out), cwd=REPO, stdout=PIPE)
+    # readline blocks until the child is inside epoch 3's batches
+    kill_when(child, lambda: child.stdout.readline().strip() == "mid-epoch", "epoch 3 began")
     state = load_torch(out / CHECKPOINT)
     assert state["epoch"] == 1  # epochs 0 and 1 were checkpointed; 2 was cut short
 
-    epochs_run: list[int] = []
-    result = fit(
-        params,
-        data,
-        out_dir=out,
-        on_epoch=lambda m: epochs_run.append(m.epoch),
-        show_progress=False,
-    )
+    result, epochs_run = _fit_counting_epochs(params, data, out)
     assert result.resumed_from == state["epoch"] + 1 == 2
     assert epochs_run == [2, 3]
     assert [m.epoch for m in result.history] == [0, 1, 2, 3]
@@ -280,14 +276,7 @@ def test_a_finished_run_is_retrained_not_resumed(data, tmp_path):
     """A rerun after a code change (same params and data) must train again."""
     params = TrainParams(**{**TINY, "epochs": 1, "freeze_epochs": 0})
     fit(params, data, out_dir=tmp_path, show_progress=False)
-    epochs_run = []
-    result = fit(
-        params,
-        data,
-        out_dir=tmp_path,
-        on_epoch=lambda m: epochs_run.append(m.epoch),
-        show_progress=False,
-    )
+    result, epochs_run = _fit_counting_epochs(params, data, tmp_path)
     assert result.resumed_from is None
     assert epochs_run == [0]
 

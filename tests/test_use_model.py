@@ -10,7 +10,7 @@ import torch
 from params import TrainParams
 from tasks.dataset import CachedImages, make_loader
 from tasks.export import ExportParityError, check_parity, export_model
-from tasks.predict import Predictor, list_images
+from tasks.predict import list_images, predict_images
 from tasks.train import MODEL, fit, load_model, predict_logits
 from tests.images import truncated_png
 from tests.training import tiny_train_data
@@ -37,7 +37,7 @@ def test_predict_on_a_folder_matches_evaluation(trained, tmp_path):
 
     paths = list_images(folder)
     assert folder / "notes.txt" not in paths and len(paths) == len(test) + 1
-    frame = Predictor.load(model_pt).predict(paths, top_k=2, batch_size=4)
+    frame = predict_images(model_pt, paths, top_k=2, batch_size=4)
     assert frame["path"].tolist() == [str(p) for p in paths]
     broken = frame.set_index("path").loc[str(folder / "broken.png")]
     assert "corrupt" in broken["error"]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from params import AugmentParams, CleanParams, SplitParams, TrainParams
 from tasks.augment import build_pipelines, load_pipeline, save_pipeline
-from tasks.clean import clean_images
+from tasks.clean import clean_dataset
 from tasks.model import LITE0, preprocessing
 from tasks.train import TrainData
 from tests.images import write_image_folder
@@ -23,7 +23,7 @@ CLEAN = CleanParams(max_side=32)
 def tiny_train_data(root: Path, per_class: int = 10) -> TrainData:
     """Three shape classes at 32 px, split 60/20/20; the raw images stay under root/data."""
     write_image_folder(root / "data", per_class=per_class)
-    records, _ = clean_images.fn(root / "data", root / "clean", CLEAN)
+    records = clean_dataset(root / "data", root / "clean", CLEAN).records
     manifest = pd.DataFrame([r.__dict__ for r in records])
     split = assign(manifest)
     mean, std = preprocessing(LITE0)
