@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.recipe_data import DATASETS, dataset  # noqa: E402
 from benchmarks.report import Result, at_least, result  # noqa: E402
-from flows.environment import QUIET_OFFLINE  # noqa: E402
+from flows.project.environment import QUIET_OFFLINE  # noqa: E402
 from params import AugmentParams, CleanParams, TrainParams, TuneParams  # noqa: E402
 
 EPOCHS = 5

@@ -92,8 +92,8 @@ def scale_workspace(images: int, keep: Path | None = None) -> Iterator[ScaleProj
 
 def run_pipeline(root: Path, until: str | None = None) -> dict[str, float]:
     """`visiontune run` in this process (against the project's server): seconds per stage."""
-    from flows.environment import configure
     from flows.project import Project
+    from flows.project.environment import configure
 
     configure(Project(root))
     from flows.pipeline import pipeline_flow

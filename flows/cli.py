@@ -13,8 +13,8 @@ from flows.cli_collect import collect_app
 from flows.cli_common import console, current_project, fail, print_metrics, print_ui, validated
 from flows.cli_model import model_app
 from flows.cli_server import schedule_app, server_app
-from flows.environment import configure
 from flows.project import Project
+from flows.project.environment import configure
 from flows.stages import STAGES
 
 app = typer.Typer(
@@ -67,7 +67,7 @@ def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> Non
 
 def _fail_if_stale(project: Project, name: str, why: str) -> None:
     """One line naming the stale upstream stages and the command that refreshes them."""
-    from flows.dag import stale_stages
+    from flows.project.dag import stale_stages
 
     try:
         stale = stale_stages(project.root, name, upstream_only=True)
@@ -91,7 +91,7 @@ def run(
 
     When DVC finds nothing stale, no flow run is started (like `dvc repro`).
     """
-    from flows.dag import stale_stages
+    from flows.project.dag import stale_stages
 
     project = current_project()
     validated(project)

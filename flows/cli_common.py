@@ -38,7 +38,7 @@ def print_metrics(project: Project) -> None:
 
 
 def print_ui(project: Project) -> None:
-    from flows.server import running_server
+    from flows.project.server import running_server
 
     server = running_server(project)
     if server:

@@ -55,7 +55,7 @@ def serve(
 
 def _warn_server_errors(project: Project, info) -> bool:
     """Print the server's logged errors in one line; True if there were any."""
-    from flows.server import LOG, describe_errors, server_errors
+    from flows.project.server import LOG, describe_errors, server_errors
 
     line = describe_errors(server_errors(project, info), project.prefect_home / LOG)
     if line:
@@ -68,7 +68,7 @@ def server_start(
     port: int = typer.Option(4200, help="preferred port (a free one is picked if taken)"),
 ) -> None:
     """Start the project's Prefect server on 127.0.0.1 (reuses a running one)."""
-    from flows.server import start_server
+    from flows.project.server import start_server
 
     project = current_project()
     with console.status("starting the Prefect server…"):
@@ -80,7 +80,7 @@ def server_start(
 @server_app.command("stop")
 def server_stop() -> None:
     """Stop the project's Prefect server (by its recorded PID)."""
-    from flows.server import stop_server
+    from flows.project.server import stop_server
 
     project = current_project()
     console.print("stopped" if stop_server(project) else "no server was running")
@@ -89,7 +89,7 @@ def server_stop() -> None:
 @server_app.command("status")
 def server_status() -> None:
     """Say whether the project's server runs, and where; exit 3 if its services logged errors."""
-    from flows.server import running_server
+    from flows.project.server import running_server
 
     project = current_project()
     info = running_server(project)

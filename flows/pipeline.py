@@ -15,9 +15,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.dag import in_order
 from flows.naming import stage_run_name
 from flows.project import Project
+from flows.project.dag import in_order
 from flows.stages import STAGES
 from params import TrainParams
 from params.schema import TrainOverrides, validated

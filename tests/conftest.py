@@ -23,9 +23,9 @@ import pytest
 # (52 s with two threads vs 31 s with one). Set before anything imports torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from flows.environment import QUIET_OFFLINE
 from flows.project import Project
-from flows.server import free_port, start_server, stop_server
+from flows.project.environment import QUIET_OFFLINE
+from flows.project.server import free_port, start_server, stop_server
 from tests.orphans import OWNER, PREFIX, TAG, reap_orphans, session_tag
 
 _ROOT = Path(tempfile.mkdtemp(prefix=PREFIX))

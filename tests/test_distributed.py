@@ -28,7 +28,7 @@ history = [[m.val_loss, m.train_loss] for m in result.history]
 
 
 def test_two_ranks_train_in_step_and_only_rank_0_writes(tmp_path):
-    from flows.server import free_port
+    from flows.project.server import free_port
 
     data = tiny_train_data(tmp_path / "data")
     params = TrainParams(epochs=2, freeze_epochs=1, batch_size=4, device="cpu", patience=5)
@@ -72,7 +72,7 @@ def test_dvc_repro_trains_on_two_nodes_under_the_launcher_from_the_environment(
     `VISIONTUNE_LAUNCHER`, node 1 a plain torchrun of `visiontune stage train`; Gloo ranks."""
     from flows.collect import run_collect
     from flows.pipeline import pipeline_flow
-    from flows.server import free_port
+    from flows.project.server import free_port
     from tests.images import write_image_folder
     from tests.processes import start
     from tests.project import TINY_PARAMS, make_project, sh

@@ -29,7 +29,7 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 @pytest.fixture(scope="module")
 def postgres():
-    from flows.server import free_port
+    from flows.project.server import free_port
 
     with postgres_server(free_port(15432)) as url:
         yield url

@@ -81,7 +81,7 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_recompute(tmp_path, prefect_se
 def test_an_s3_remote_round_trip(tmp_path, monkeypatch):
     import boto3
 
-    from flows.server import free_port
+    from flows.project.server import free_port
     from tests.servers import s3_server
 
     for key, value in {

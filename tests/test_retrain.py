@@ -183,7 +183,7 @@ def test_a_cron_created_run_retrains_on_the_project_server(champion, tmp_path, p
         FlowRunFilterId,
     )
 
-    from flows.server import LOG, describe_errors, server_errors
+    from flows.project.server import LOG, describe_errors, server_errors
     from tests.conftest import SERVER_PROJECT
 
     project = _copy(champion, tmp_path)  # no new data: the retrain is quick

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.project import Project
-from flows.server import (
+from flows.project.server import (
     healthy,
     parse_log_errors,
     running_server,

@@ -1,4 +1,8 @@
-"""Where a visiontune project keeps things, relative to its root (where dvc.yaml is)."""
+"""A visiontune project: where it keeps things, relative to its root (where dvc.yaml is).
+
+Beside it: `server` (the project's Prefect server), `dag` (what DVC says is stale, in
+which order) and `environment` (the settings every visiontune process starts with).
+"""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def configure(project: Project) -> str | None:
     Returns the Prefect API URL in use, or None when Prefect will start a
     temporary server for this process.
     """
-    from flows.server import running_server
+    from flows.project.server import running_server
 
     for key, value in QUIET_OFFLINE.items():
         os.environ.setdefault(key, value)
