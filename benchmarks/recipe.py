@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.recipe_data import DATASETS, dataset  # noqa: E402
 from benchmarks.report import Result, at_least, result  # noqa: E402
+from flows.project import Project  # noqa: E402
 from flows.project.environment import QUIET_OFFLINE  # noqa: E402
 from params import AugmentParams, CleanParams, TrainParams, TuneParams  # noqa: E402
 
@@ -48,10 +49,8 @@ RECIPES = ("default", "plain", "linear_probe", "search")
 
 
 def shipped(name: str):
-    """A params file of this repository as a validated model."""
-    from params import STAGE_MODELS, load_params
-
-    return load_params(STAGE_MODELS[name], ROOT / "params" / f"{name}.yaml")
+    """A params file of this repository, validated as every stage reads it."""
+    return Project(ROOT).params(name)
 
 
 def recipes(default: TrainParams, epochs: int) -> dict[str, TrainParams]:
@@ -128,6 +127,8 @@ def test_accuracy(model_pt: Path, data) -> float:
 
 def search(tune: TuneParams, base: TrainParams, data, out_dir: Path) -> TrainParams:
     """The tune stage's search, in this process: trials one after another, then the best."""
+    import yaml
+
     from tasks.tune import (
         apply_best_params,
         best_record,
@@ -141,9 +142,7 @@ def search(tune: TuneParams, base: TrainParams, data, out_dir: Path) -> TrainPar
     for slot in range(tune.n_trials):
         run_trial(slot, tune, base, data, out_dir, name, deadline=None)
     study = open_study(tune, make_storage(tune, out_dir), name)
-    best = out_dir / "best_params.yaml"
-    import yaml
-
+    best = out_dir / "best_params.yaml"  # as the tune stage writes it, and train reads it
     best.write_text(yaml.safe_dump(best_record(study, tune)))
     return apply_best_params(best, base)
 
@@ -190,9 +189,13 @@ def table(scores: dict[str, dict[str, list[float]]], sizes: dict[str, str]) -> s
     ]
     for name, by_recipe in scores.items():
         mean = {r: statistics.fmean(v) for r, v in by_recipe.items()}
-        rival = max(mean.get("plain", 0.0), mean.get("linear_probe", 0.0))
+        baselines = [mean[r] for r in ("plain", "linear_probe") if r in mean]
         cells = [spread(by_recipe[r]) if r in by_recipe else "–" for r in RECIPES]
-        margin = f"{100 * (mean['default'] - rival):+.1f} pts" if "default" in mean else "–"
+        margin = (
+            f"{100 * (mean['default'] - max(baselines)):+.1f} pts"
+            if "default" in mean and baselines
+            else "–"
+        )
         gain = (
             f"{100 * (mean['search'] - mean['default']):+.1f} pts"
             if {"search", "default"} <= set(mean)
