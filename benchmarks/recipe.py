@@ -26,6 +26,7 @@ Without --full a reduced suite runs (two datasets, one seed) for `make bench`.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -125,8 +126,9 @@ def test_accuracy(model_pt: Path, data) -> float:
     return float((probs.argmax(1) == targets).mean())
 
 
-def search(tune: TuneParams, base: TrainParams, data, out_dir: Path) -> TrainParams:
-    """The tune stage's search, in this process: trials one after another, then the best."""
+def search(tune: TuneParams, base: TrainParams, data, out_dir: Path):
+    """The tune stage's search, in this process: trials one after another, then the best
+    values (as train reads them from best_params.yaml) and the study."""
     import yaml
 
     from tasks.tune import (
@@ -144,10 +146,39 @@ def search(tune: TuneParams, base: TrainParams, data, out_dir: Path) -> TrainPar
     study = open_study(tune, make_storage(tune, out_dir), name)
     best = out_dir / "best_params.yaml"  # as the tune stage writes it, and train reads it
     best.write_text(yaml.safe_dump(best_record(study, tune)))
-    return apply_best_params(best, base)
+    return apply_best_params(best, base), study
 
 
-def run_one(prepared: Prepared, seed: int, epochs: int, names: list[str]) -> dict[str, float]:
+def trial_scores(study, tune: TuneParams, base: TrainParams, data, known: dict[int, float]):
+    """Every complete trial's test accuracy (its params trained again: training is
+    deterministic), its val score and sign-test p against trial 0, to judge choice rules."""
+    from optuna.trial import TrialState
+
+    from tasks.inference import MODEL
+    from tasks.train import fit
+    from tasks.tune import START, sign_test
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    start = next((t for t in trials if t.user_attrs.get(START)), None)
+    rows = []
+    for t in trials:
+        if t.number not in known:
+            with tempfile.TemporaryDirectory() as tmp:
+                params = TrainParams.model_validate({**base.model_dump(), **t.params})
+                fit(params, data, out_dir=Path(tmp), show_progress=False)
+                known[t.number] = test_accuracy(Path(tmp) / MODEL, data)
+        p = None if start is None or t is start else sign_test(t, start)
+        rows.append({"trial": t.number, "val": t.value, "test": known[t.number], "p": p})
+    return rows
+
+
+def run_one(
+    prepared: Prepared,
+    seed: int,
+    epochs: int,
+    names: list[str],
+    trials_out: Path | None = None,
+) -> dict[str, float]:
     from tasks.inference import MODEL
     from tasks.train import fit
 
@@ -165,7 +196,7 @@ def run_one(prepared: Prepared, seed: int, epochs: int, names: list[str]) -> dic
             params = chosen.get(recipe)
             if recipe == "search":
                 tune: TuneParams = shipped("tune")
-                params = search(tune, chosen["default"], data, Path(tmp))
+                params, study = search(tune, chosen["default"], data, Path(tmp))
             fit(params, data, out_dir=Path(tmp), show_progress=False)
             scores[recipe] = test_accuracy(Path(tmp) / MODEL, data)
         print(
@@ -173,6 +204,18 @@ def run_one(prepared: Prepared, seed: int, epochs: int, names: list[str]) -> dic
             f"  {time.perf_counter() - started:.0f}s",
             flush=True,
         )
+        if recipe == "search" and trials_out is not None:
+            from tasks.tune import START, chosen_trial
+
+            picked = chosen_trial(study, tune)
+            known = {picked.number: scores["search"]}
+            start = [t.number for t in study.trials if t.user_attrs.get(START)]
+            if "default" in scores and start:
+                known.setdefault(start[0], scores["default"])
+            rows = trial_scores(study, tune, chosen["default"], data, known)
+            record = {"dataset": prepared.name, "seed": seed, "chosen": picked.number}
+            with trials_out.open("a") as out:
+                out.write(json.dumps(record | {"trials": rows}) + "\n")
     return scores
 
 
@@ -209,7 +252,7 @@ def table(scores: dict[str, dict[str, list[float]]], sizes: dict[str, str]) -> s
 
 
 def measure(
-    full: bool = False, datasets=None, seeds=None, epochs=EPOCHS, names=None
+    full: bool = False, datasets=None, seeds=None, epochs=EPOCHS, names=None, trials_out=None
 ) -> list[Result]:
     """Run the suite; rows for results.md, and the markdown table printed."""
     import os
@@ -228,7 +271,7 @@ def measure(
             sizes[name] = f"{len(prepared.manifest)} / {classes} classes"  # type: ignore[arg-type]
             scores[name] = {}
             for seed in range(seeds):
-                for recipe, value in run_one(prepared, seed, epochs, names).items():
+                for recipe, value in run_one(prepared, seed, epochs, names, trials_out).items():
                     scores[name].setdefault(recipe, []).append(value)
     print(table(scores, sizes), flush=True)
     rows = []
@@ -266,8 +309,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--recipe", action="append", choices=list(RECIPES))
+    parser.add_argument(
+        "--trials-out",
+        type=Path,
+        help="append each search's trials (val, test accuracy, sign-test p) here, as JSON lines",
+    )
     args = parser.parse_args()
-    rows = measure(args.full, args.dataset, args.seeds, args.epochs, args.recipe)
+    rows = measure(args.full, args.dataset, args.seeds, args.epochs, args.recipe, args.trials_out)
     return 0 if all(row.met is not False for row in rows) else 1
 
 

@@ -358,10 +358,17 @@ class TuneParams(_Params):
         "auto", description="auto: qmc up to 10 trials, tpe beyond"
     )
     min_gain: float = Field(
-        0.02,
+        0.0,
         ge=0,
         description="the best trial replaces train.yaml's values (trial 0) only if it beats "
         "them by this much (metric units)",
+    )
+    confidence: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="…and only if a paired sign test over the validation images (those one "
+        "trial gets right and the other wrong) puts it ahead with this confidence; 0 = off",
     )
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")

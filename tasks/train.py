@@ -358,6 +358,7 @@ class Run:
     steps: Steps
     wrapped: _Wrapped
     threads: int  # torch's intra-op threads before the run split the cores with its workers
+    val_hits: np.ndarray | None = None  # the last validation: each image right (True) or not
 
     @property
     def evaluated(self) -> nn.Module:
@@ -427,13 +428,16 @@ def evaluate(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     dtype: torch.dtype | None = None,
-) -> tuple[float | None, float | None]:
-    """(loss, accuracy) on a validation loader; (None, None) when it is empty."""
+) -> tuple[float | None, float | None, np.ndarray | None]:
+    """(loss, accuracy, per-image hits) on a validation loader; Nones when it is empty.
+
+    The hits let the search compare two trials image by image (a paired test)."""
     if not len(loader.dataset):  # type: ignore[arg-type]
-        return None, None
+        return None, None, None
     logits, targets = predict_logits(net, loader, device, dtype)
     loss = nn.functional.cross_entropy(logits, targets).item()
-    return loss, (logits.argmax(1) == targets).float().mean().item()
+    hits = (logits.argmax(1) == targets).cpu().numpy()
+    return loss, float(hits.mean()), hits
 
 
 def run_epoch(
@@ -468,7 +472,9 @@ def run_epoch(
     loss, correct, seen = distributed.all_reduce_sum(
         [totals.loss, totals.correct, totals.seen], steps.device
     )
-    val_loss, val_acc = evaluate(run.evaluated, run.val_loader, steps.device, steps.dtype)
+    val_loss, val_acc, run.val_hits = evaluate(
+        run.evaluated, run.val_loader, steps.device, steps.dtype
+    )
     return EpochMetrics(
         epoch=epoch,
         frozen=n_trainable == 0,
@@ -503,11 +509,13 @@ def fit(
     on_step: Callable[[int, int], None] | None = None,
     val_part: pd.DataFrame | None = None,
     train_part: pd.DataFrame | None = None,
+    on_validation: Callable[[int, np.ndarray], None] | None = None,
 ) -> FitResult:
     """Train; with `out_dir`, checkpoint every epoch, resume, and keep the best model.
 
     `train_part`/`val_part` override the split's train/val rows (cross-validation folds).
-    `on_step(epoch, step)` is called after every optimizer step.
+    `on_step(epoch, step)` is called after every optimizer step, `on_validation(epoch,
+    hits)` before `on_epoch` with each validation image's hit (val rows in split order).
     """
     seed_everything(params.seed)
     run = build_run(params, data, train_part, val_part)
@@ -540,6 +548,8 @@ def fit(
             state=lambda f=finished: state.state_dict() | {"finished": f},
         )
         distributed.barrier()
+        if on_validation and run.ranks.is_main and run.val_hits is not None:
+            on_validation(epoch, run.val_hits)
         if on_epoch and run.ranks.is_main:
             on_epoch(metrics)
         if saver.stop:

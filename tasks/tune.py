@@ -17,6 +17,7 @@ many workers pull trials, exactly `n_trials` finish.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import functools
@@ -27,9 +28,11 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import yaml
@@ -160,6 +163,18 @@ def study_lock(tune: TuneParams, out_dir: Path, name: str) -> Iterator[None]:
 
 CLAIM = "visiontune_claimed_at"  # user attr of a WAITING trial some process is about to run
 START = "visiontune_start_point"  # user attr of trial 0: train.yaml's own values
+HITS = "visiontune_val_hits"  # user attr: which val images the trial's best epoch got right
+
+
+def pack_hits(hits: np.ndarray) -> dict:
+    """Validation hits as a JSON-able user attr: 1 bit per image (125 kB per 1M images)."""
+    bits = base64.b64encode(np.packbits(hits.astype(bool)).tobytes()).decode()
+    return {"n": int(hits.size), "bits": bits}
+
+
+def unpack_hits(attr: dict) -> np.ndarray:
+    packed = np.frombuffer(base64.b64decode(attr["bits"]), dtype=np.uint8)
+    return np.unpackbits(packed, count=attr["n"]).astype(bool)
 
 
 def trial_epochs(tune: TuneParams, base: TrainParams) -> int:
@@ -290,6 +305,7 @@ def objective(
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it
         params = trial_params(trial, tune, base)
         values: list[float] = []
+        hits: list[np.ndarray] = []
 
         def report(m: EpochMetrics) -> None:
             value = metric_of(m, tune.metric)
@@ -298,10 +314,17 @@ def objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {m.epoch + 1}")
 
-        fit(params, data, on_epoch=report, show_progress=False)
-        return max(values) if maximize else min(values)
+        fit(params, data, on_epoch=report, show_progress=False, on_validation=hit_log(hits))
+        best = values.index(max(values) if maximize else min(values))
+        if best < len(hits):
+            trial.set_user_attr(HITS, pack_hits(hits[best]))
+        return values[best]
 
     return run
+
+
+def hit_log(into: list[np.ndarray]) -> Callable[[int, np.ndarray], None]:
+    return lambda _epoch, hits: into.append(hits)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -354,12 +377,42 @@ def run_trial(
     }
 
 
-def chosen_trial(study: optuna.Study, tune: TuneParams) -> FrozenTrial:
-    """The best trial, unless it beats trial 0 (train.yaml's values) by less than `min_gain`.
+def sign_test(best: FrozenTrial, start: FrozenTrial) -> float | None:
+    """One-sided p-value that `best` gets more validation images right than `start`: an
+    exact binomial test on the images exactly one of them gets right (McNemar's test).
+    None when either trial has no per-image record (an older study) or they differ."""
+    if HITS not in best.user_attrs or HITS not in start.user_attrs:
+        return None
+    ours, theirs = unpack_hits(best.user_attrs[HITS]), unpack_hits(start.user_attrs[HITS])
+    if ours.size != theirs.size:
+        return None
+    from scipy.stats import binomtest
 
-    On a small validation split the best of a few trials is often best by a couple of
-    images, and in the recipe benchmark such picks did worse on the test split than the
-    defaults they displaced: a gain that small is noise, the defaults are the safer bet.
+    wins, losses = int((ours & ~theirs).sum()), int((~ours & theirs).sum())
+    if wins + losses == 0:
+        return 1.0
+    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+
+
+@dataclass
+class Choice:
+    trial: FrozenTrial
+    best: FrozenTrial  # the best by value; `trial` is trial 0 when the gain did not hold up
+    start: FrozenTrial | None
+    p_value: float | None = None
+
+    @property
+    def kept_start(self) -> bool:
+        return self.trial.number != self.best.number
+
+
+def choose_trial(study: optuna.Study, tune: TuneParams) -> Choice:
+    """The best trial, unless its lead over trial 0 (train.yaml's values) is noise.
+
+    The best of a few trials on a small validation split is often best by a couple of
+    images: in the recipe benchmark such picks did worse on the test split than the
+    defaults they displaced. So the best trial must beat trial 0 by `min_gain` and, image
+    by image, pass a sign test at `confidence`; otherwise train.yaml's values stay.
     """
     best = study.best_trial
     start = [
@@ -368,15 +421,22 @@ def chosen_trial(study: optuna.Study, tune: TuneParams) -> FrozenTrial:
         if t.user_attrs.get(START)
     ]
     if not start or best.number == start[0].number:
-        return best
+        return Choice(best, best, start[0] if start else None)
     sign = 1 if tune.metric == "val_accuracy" else -1
     gain = sign * (best.value - start[0].value)  # type: ignore[operator]
-    return best if gain >= tune.min_gain else start[0]
+    p_value = sign_test(best, start[0]) if tune.confidence > 0 else None
+    holds = gain >= tune.min_gain and (p_value is None or p_value <= 1 - tune.confidence)
+    return Choice(best if holds else start[0], best, start[0], p_value)
+
+
+def chosen_trial(study: optuna.Study, tune: TuneParams) -> FrozenTrial:
+    return choose_trial(study, tune).trial
 
 
 def best_record(study: optuna.Study, tune: TuneParams) -> dict:
     counts = pd.Series([t.state.name for t in study.trials], dtype=str).value_counts()
-    chosen = chosen_trial(study, tune)
+    choice = choose_trial(study, tune)
+    chosen = choice.trial
     record = {
         "source": "optuna",
         "study": study.study_name,
@@ -385,10 +445,14 @@ def best_record(study: optuna.Study, tune: TuneParams) -> dict:
         "best_trial": chosen.number,
         "trials": {state: int(n) for state, n in counts.items()},
     }
-    if chosen.number != study.best_trial.number:
+    if choice.p_value is not None:
+        record["sign_test_p"] = round(choice.p_value, 4)
+    if choice.kept_start:
+        test = "" if choice.p_value is None else f", sign test p = {choice.p_value:.3f}"
         record["kept_start_point"] = (
-            f"trial {study.best_trial.number} scored {study.best_trial.value:.4f}, less than "
-            f"min_gain {tune.min_gain} better than train.yaml's values (trial {chosen.number})"
+            f"trial {choice.best.number} scored {choice.best.value:.4f}{test}: not enough "
+            f"(min_gain {tune.min_gain}, confidence {tune.confidence}) to replace "
+            f"train.yaml's values (trial {chosen.number})"
         )
     return record
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from params import ParamsError, TrainParams, TuneParams
 from params.schema import load_params
 from tasks.train import TrainData
 from tasks.tune import (
+    HITS,
     apply_best_params,
     best_record,
     chosen_trial,
@@ -21,6 +23,7 @@ from tasks.tune import (
     open_study,
     run_trial,
     study_name,
+    unpack_hits,
 )
 from tests.images import write_image_folder
 from tests.processes import kill_when, start
@@ -108,6 +111,10 @@ def test_the_first_trial_is_train_yaml_and_other_data_draws_other_trials(data, t
         assert {key: first[key] for key in fixed} == fixed
         assert 0.3 <= first["dropout"] <= 0.5  # outside the space: sampled, not forced
         assert len({t.params["lr"] for t in trials[name]}) == 3
+        val = len(rows.part("val"))
+        for t in trials[name]:  # each trial keeps which val images its best epoch got right
+            hits = unpack_hits(t.user_attrs[HITS])
+            assert hits.size == val and hits.mean() == pytest.approx(t.value)
     assert trials["data"][1].params["lr"] != trials["other"][1].params["lr"]
 
 
@@ -213,3 +220,42 @@ def test_the_best_trial_replaces_train_yaml_only_by_more_than_min_gain():
     assert chosen_trial(study, tune).number == 2
     assert "kept_start_point" not in best_record(study, tune)
     assert chosen_trial(study, tune.model_copy(update={"min_gain": 0.0})).number == 2
+
+
+def test_the_best_trial_must_also_win_a_paired_sign_test_on_the_val_images():
+    from optuna.distributions import FloatDistribution
+
+    from tasks.tune import START, pack_hits
+
+    study = optuna.create_study(direction="maximize")
+    lr = {"lr": FloatDistribution(1e-3, 1e-2, log=True)}
+    start = np.zeros(100, dtype=bool)
+    start[:80] = True  # 0.80
+
+    def add(hits: np.ndarray, first: bool = False) -> None:
+        attrs = {HITS: pack_hits(hits)} | ({START: True} if first else {})
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 0.001 + len(study.trials) / 1000},
+                distributions=lr,
+                value=float(hits.mean()),
+                user_attrs=attrs,
+            )
+        )
+
+    add(start, first=True)
+    swapped = start.copy()
+    swapped[70:80] = False  # 10 images lost…
+    swapped[80:95] = True  # …15 won: 0.85, but 15 of 25 disagreements is a coin's luck
+    add(swapped)
+    tune = TuneParams(n_trials=3, min_gain=0.0, confidence=0.9)
+    record = best_record(study, tune)
+    assert record["best_trial"] == 0 and record["sign_test_p"] == pytest.approx(0.212, abs=1e-3)
+    assert "sign test p = 0.212" in record["kept_start_point"]
+    better = start.copy()
+    better[80:86] = True  # 6 won, none lost: 0.86, p = 1/64
+    add(better)
+    assert chosen_trial(study, tune).number == 2
+    assert best_record(study, tune)["sign_test_p"] == pytest.approx(1 / 64, abs=1e-4)
+    assert chosen_trial(study, tune.model_copy(update={"confidence": 0.99})).number == 0
+    assert chosen_trial(study, tune.model_copy(update={"min_gain": 0.1})).number == 0
