@@ -36,7 +36,8 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
     on_progress = ProgressArtifact("clean-progress", "decoding", step=5)
     # raw-file hashes by size + mtime: kept out of the DVC-tracked folder (machine-specific)
     hashes = project.root / ".cache" / "clean_raw_hashes.parquet"
-    result = clean_task(project.data, out, params, on_progress, hashes)
+    checks = project.root / ".cache" / "clean_shard_checks.json"  # the same for shards
+    result = clean_task(project.data, out, params, on_progress, hashes, checks_file=checks)
     # quote: Prefect would otherwise visit every record to track task inputs (seconds at 10k)
     manifest = manifest_task(quote(result.records), quote(result.rejected), out, project.data)
     classes = class_table(result)

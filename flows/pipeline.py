@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from flows.naming import stage_run_name
 from flows.project import Project
-from flows.project.dag import in_order
+from flows.project.dag import Staleness, in_order
 from flows.stages import STAGES
 from params import TrainParams
 from params.schema import TrainOverrides, validated
@@ -72,9 +72,10 @@ def pipeline_flow(
     timings: dict[str, float] = {}
     # DVC resolves stage targets against the working directory
     with contextlib.chdir(project.root), Repo(str(project.root)) as repo, lock_repo(repo):
+        staleness = Staleness()
         for stage in in_order(repo, until):
             name = stage.addressing
-            if not (force and isinstance(stage, PipelineStage)) and not stage.changed():
+            if not (force and isinstance(stage, PipelineStage)) and not staleness.changed(stage):
                 log.info("%s: up to date", name)
                 continue
             started = time.perf_counter()

@@ -17,7 +17,8 @@ run) are merged once there are more than `MAX_SMALL`. Every write is atomic
 exist, so a crash leaves the old, consistent state plus orphans that the next
 run deletes.
 
-Trust: the clean stage verifies each shard's sha256 before using it and
+Trust: the clean stage verifies each shard's sha256 before using it (or, with a
+checks file, each shard changed since it was last verified on this machine) and
 drops a truncated or corrupted shard (its images are decoded again from
 data/); readers check each shard's size when they open it and each image's
 crc32 when they read it, and raise ShardError instead of returning bad pixels.
@@ -26,8 +27,10 @@ crc32 when they read it, and raise ShardError instead of returning bad pixels.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
@@ -44,6 +47,7 @@ SHARD_BYTES = 256 << 20  # a shard closes once it holds this many pixel bytes
 GARBAGE = 0.25  # a shard whose dead bytes pass this share is rewritten
 MAX_SMALL = 4  # more shards than this under half SHARD_BYTES are merged
 SUFFIX = ".npy"
+RACY_NS = 2_000_000_000  # a shard modified this recently is not trusted by its stat alone
 
 
 class ShardError(RuntimeError):
@@ -172,10 +176,58 @@ def write_locations(clean_dir: Path, locations: Iterable[Location]) -> None:
     write_parquet(frame.astype(types | {"shard_bytes": "int64"}), shard_dir(clean_dir) / INDEX)
 
 
-def verified_locations(clean_dir: Path, key: str) -> tuple[dict[str, Location], list[str]]:
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def load_checks(path: Path | None) -> dict[str, list]:
+    """{shard: [size, mtime_ns, inode, sha256]} of shards verified earlier on this machine."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        checks = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # only costs a re-hash
+    return checks if isinstance(checks, dict) else {}
+
+
+def save_checks(path: Path | None, clean_dir: Path, locations: Iterable[Location]) -> None:
+    """Record the stat of every shard the index names (each was verified or written by this
+    run), so the next run hashes only shards that changed since."""
+    if path is None:
+        return
+    folder, checks = shard_dir(clean_dir), {}
+    racy = time.time_ns() - RACY_NS
+    for name, sha in {(loc.shard, loc.shard_sha256) for loc in locations}:
+        key = _stat_key(folder / name)
+        # a write in the same clock tick as this one would keep the same mtime: such a
+        # shard is not recorded, so the next run hashes it (git's "racy" entries)
+        if key is not None and key[1] < racy:
+            checks[name] = [*key, sha]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".checks.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(checks, fh)
+    os.replace(tmp, path)
+
+
+def verified_locations(
+    clean_dir: Path, key: str, checks: dict[str, list] | None = None
+) -> tuple[dict[str, Location], list[str]]:
     """Index rows of `key` whose shard passes its size and sha256 check, and the shards
-    that failed (their images count as not cached, so the caller decodes them again)."""
+    that failed (their images count as not cached, so the caller decodes them again).
+
+    `checks` (load_checks): a shard whose size, mtime and inode are what they were when
+    it was last verified on this machine is trusted without reading it, as git and DVC
+    trust unchanged stats; any write to it (a killed run, an edit) changes its mtime and
+    it is hashed again. Readers still check every image's crc32 as they read it.
+    """
     folder = shard_dir(clean_dir)
+    checks = checks or {}
     by_shard: dict[str, list[Location]] = {}
     for loc in read_locations(clean_dir):
         by_shard.setdefault(loc.shard, []).append(loc)
@@ -183,11 +235,11 @@ def verified_locations(clean_dir: Path, key: str) -> tuple[dict[str, Location], 
     bad: list[str] = []
     for name, locs in sorted(by_shard.items()):
         path = folder / name
-        ok = (
-            path.is_file()
-            and path.stat().st_size == locs[0].shard_bytes
-            and file_sha256(path) == locs[0].shard_sha256
-        )
+        expected = locs[0].shard_sha256
+        stat_key = _stat_key(path) if path.is_file() else None
+        ok = stat_key is not None and stat_key[0] == locs[0].shard_bytes
+        if ok and checks.get(name) != [*stat_key, expected]:  # type: ignore[misc]
+            ok = file_sha256(path) == expected
         if not ok:
             bad.append(name)
             continue

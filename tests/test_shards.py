@@ -1,11 +1,22 @@
 """The sharded training cache: append, garbage and compaction, corruption, crash leftovers."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 
 from params import CleanParams
 from tasks.clean import clean_dataset
-from tasks.shards import INDEX, MAX_SMALL, SHARDS, ShardError, ShardReader, read_locations
+from tasks.shards import (
+    INDEX,
+    MAX_SMALL,
+    SHARDS,
+    ShardError,
+    ShardReader,
+    load_checks,
+    read_locations,
+)
 from tests.images import write_image_folder
 from tests.test_clean import assert_same_cache
 
@@ -119,3 +130,40 @@ def test_a_crashed_runs_leftovers_are_removed(tmp_path):
     result = clean_dataset(data, out, PARAMS)
     assert result.processed == []
     assert set(_shards(out)) == {loc.shard for loc in read_locations(out)}
+
+
+def test_a_shard_verified_earlier_is_trusted_by_its_stat_until_it_changes(tmp_path):
+    """With a checks file (what the stage uses), an unchanged shard is not hashed again;
+    any write to it changes its mtime, and it is hashed, found damaged and rebuilt."""
+    data, out, checks = tmp_path / "data", tmp_path / "clean", tmp_path / "checks.json"
+    write_image_folder(data, per_class=6)
+    first = clean_dataset(data, out, PARAMS, checks_file=checks)
+    (name,) = _shards(out)
+    path = out / SHARDS / name
+    assert name not in load_checks(checks)  # written a moment ago: not trusted by stat yet
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(old, old))
+    clean_dataset(data, out, PARAMS, checks_file=checks)  # hashed once more, then recorded
+    st = path.stat()
+    assert load_checks(checks)[name] == [
+        st.st_size,
+        old,
+        st.st_ino,
+        read_locations(out)[0].shard_sha256,
+    ]
+
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))  # same size and inode, new mtime
+    os.utime(path, ns=(old, old))  # bit rot that even keeps the mtime: trusted by stat…
+    assert clean_dataset(data, out, PARAMS, checks_file=checks).rebuilt_shards == []
+    reader = ShardReader(out)  # …but never used: the reader checks each image's crc32
+    with pytest.raises(ShardError, match="checksum"):
+        for image in reader.locations:
+            reader.image(image)
+
+    path.touch()  # any write moves the mtime: hashed, found damaged, rebuilt
+    result = clean_dataset(data, out, PARAMS, checks_file=checks)
+    assert result.rebuilt_shards == [name]
+    assert sorted(result.processed) == sorted(r.path for r in first.records)
+    assert_same_cache(out, _full_run(data, tmp_path))

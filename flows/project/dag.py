@@ -25,6 +25,45 @@ def in_order(repo, until: str | None = None) -> Iterator:
     yield from nx.dfs_postorder_nodes(graph, source=start)
 
 
+class Staleness:
+    """`stage.changed()` as DVC decides it, hashing each big folder once per pass.
+
+    DVC hashes data/ twice for every status: as data.dvc's output and as the
+    clean stage's dependency (at 100,000 files each costs ~1.7 s). Here an output
+    found unchanged (data.dvc's data/, or an upstream stage's) is remembered with
+    its recorded hash, and a later dependency on the same path compares its
+    recorded hash with that one instead of walking the folder again: the same
+    answer, since the output's recorded hash is what the folder holds now.
+    """
+
+    def __init__(self) -> None:
+        self.verified: dict[str, object] = {}  # fs_path → the HashInfo it holds now
+
+    def changed(self, stage) -> bool:
+        if stage.changed_stage():
+            return True
+        if not stage.frozen:
+            if stage.is_callback or stage.always_changed:
+                return True
+            for dep in stage.deps:
+                known = self.verified.get(dep.fs_path)
+                if known is not None and dep.hash_info:
+                    if dep.hash_info != known:
+                        return True
+                elif dep.status():
+                    return True
+        if stage.changed_outs():
+            return True
+        self.remember(stage)
+        return False
+
+    def remember(self, stage) -> None:
+        """The stage's outputs as recorded (call once they are known to be up to date)."""
+        for out in stage.outs:
+            if out.hash_info:
+                self.verified[out.fs_path] = out.hash_info
+
+
 def stale_stages(root: Path, until: str | None = None, upstream_only: bool = False) -> list[str]:
     """Names of the stages DVC would run now (a stage downstream of a stale one counts
     only if its own deps changed: it is re-checked after its upstream runs).
@@ -38,4 +77,5 @@ def stale_stages(root: Path, until: str | None = None, upstream_only: bool = Fal
         stages = in_order(repo, until)
         if upstream_only:
             stages = (stage for stage in stages if stage.addressing != until)
-        return [stage.addressing for stage in stages if stage.changed()]
+        staleness = Staleness()
+        return [stage.addressing for stage in stages if staleness.changed(stage)]
