@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows.naming import stage_run_name
 from flows.project import Project
@@ -82,8 +83,12 @@ def pipeline_flow(
             flow_name = stage_flow_name(stage.cmd) if isinstance(stage, PipelineStage) else None
             if flow_name:
                 log.info("%s: running", name)
-                ran[name] = run_stage(project, flow_name)
-                repo.commit(name, force=True)
+                # a stage's subflow dies with this process, whose own run keeps beating;
+                # without a beat of its own it ends at once instead of joining its
+                # heartbeat thread (up to 1 s per stage)
+                with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                    ran[name] = run_stage(project, flow_name)
+                staleness.commit(repo, name)
             else:
                 log.info("%s: changed, reproducing with DVC", name)
                 repo.reproduce(name, single_item=True, force=True)

@@ -74,3 +74,29 @@ def test_staleness_agrees_with_dvc_and_hashes_data_once(tmp_path, monkeypatch):
     walked.clear()
     assert _dvc_says(root) == []
     assert walked.count("data") == 2  # DVC alone: as data.dvc's output and as a dependency
+
+
+def test_a_commit_from_the_staleness_pass_is_what_dvc_commits(tmp_path):
+    """The commit that takes data/'s hash from the check of data.dvc writes the same
+    dvc.lock as `dvc commit` (which walks data/ twice more), and DVC then sees no change."""
+    import subprocess
+
+    import yaml
+    from dvc.repo import Repo, lock_repo
+
+    from flows.project.dag import Staleness, in_order
+
+    root = _repo(tmp_path)
+    sh("dvc", "repro", "-q", cwd=root)
+    (root / "data" / "a" / "3.txt").write_text("3")
+    sh("dvc", "add", "-q", "data", cwd=root)
+    subprocess.run("ls data/a > count.txt", shell=True, cwd=root, check=True)  # the stage ran
+    with contextlib.chdir(root), Repo(str(root)) as repo, lock_repo(repo):
+        staleness = Staleness()
+        stale = [stage.addressing for stage in in_order(repo) if staleness.changed(stage)]
+        assert stale == ["count", "copy"]  # copy: its input count.txt is new
+        staleness.commit(repo, "count")
+    ours = yaml.safe_load((root / "dvc.lock").read_text())
+    sh("dvc", "commit", "-f", "-q", "count", cwd=root)
+    assert yaml.safe_load((root / "dvc.lock").read_text()) == ours
+    assert _dvc_says(root) == ["copy"]  # its dep count.txt changed; count itself is clean

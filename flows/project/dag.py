@@ -26,18 +26,20 @@ def in_order(repo, until: str | None = None) -> Iterator:
 
 
 class Staleness:
-    """`stage.changed()` as DVC decides it, hashing each big folder once per pass.
+    """`stage.changed()` and `repo.commit` as DVC does them, hashing each big folder once.
 
-    DVC hashes data/ twice for every status: as data.dvc's output and as the
-    clean stage's dependency (at 100,000 files each costs ~1.7 s). Here an output
-    found unchanged (data.dvc's data/, or an upstream stage's) is remembered with
-    its recorded hash, and a later dependency on the same path compares its
-    recorded hash with that one instead of walking the folder again: the same
-    answer, since the output's recorded hash is what the folder holds now.
+    DVC hashes data/ twice for every status (as data.dvc's output and as the
+    clean stage's dependency) and twice more when it commits the clean stage
+    (saving the dependency, then again to decide on the run cache, which a
+    `persist` stage never gets). At 100,000 files each walk costs ~1.7 s. Here an
+    output found unchanged (data.dvc's data/, or an upstream stage's) is
+    remembered, and a later dependency on the same path takes its recorded hash
+    instead of walking the folder again: the same answer, since the output's
+    recorded hash is what the folder holds now.
     """
 
     def __init__(self) -> None:
-        self.verified: dict[str, object] = {}  # fs_path → the HashInfo it holds now
+        self.verified: dict[str, object] = {}  # fs_path → an up-to-date Output
 
     def changed(self, stage) -> bool:
         if stage.changed_stage():
@@ -48,20 +50,34 @@ class Staleness:
             for dep in stage.deps:
                 known = self.verified.get(dep.fs_path)
                 if known is not None and dep.hash_info:
-                    if dep.hash_info != known:
+                    if dep.hash_info != known.hash_info:  # type: ignore[attr-defined]
                         return True
                 elif dep.status():
                     return True
         if stage.changed_outs():
             return True
-        self.remember(stage)
-        return False
-
-    def remember(self, stage) -> None:
-        """The stage's outputs as recorded (call once they are known to be up to date)."""
         for out in stage.outs:
             if out.hash_info:
-                self.verified[out.fs_path] = out.hash_info
+                self.verified[out.fs_path] = out
+        return False
+
+    def commit(self, repo, name: str) -> None:
+        """`repo.commit(name, force=True)` after the stage ran: record its deps' and outs'
+        hashes in dvc.lock and its outs in the DVC cache."""
+        for info in repo.stage.collect_granular(name):
+            stage = info.stage
+            for dep in stage.deps:
+                known = self.verified.get(dep.fs_path)
+                if known is not None:
+                    dep.hash_info, dep.meta = known.hash_info, known.meta  # type: ignore[attr-defined]
+                else:
+                    dep.save()
+            stage.save_outs()
+            stage.md5 = stage.compute_md5()
+            if not any(out.persist for out in stage.outs):  # DVC keeps no run cache for them
+                repo.stage_cache.save(stage)
+            stage.commit(filter_info=info.filter_info)
+            stage.dvcfile.dump_stages([stage], update_pipeline=False)
 
 
 def stale_stages(root: Path, until: str | None = None, upstream_only: bool = False) -> list[str]:
