@@ -51,7 +51,7 @@ def make_project(root: Path, overrides: dict[str, dict] | None = None) -> Path:
         data = yaml.safe_load(path.read_text())
         data.update((overrides or {}).get(path.stem, {}))
         (root / "params" / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
-    (root / ".gitignore").write_text("/artifacts/\n/data/\n/.cache/\n")
+    (root / ".gitignore").write_text("/artifacts/\n/data/\n/.cache/\n/.prefect/\n")
     sh("git", "init", "-q", cwd=root)
     sh("git", "config", "user.email", "test@example.com", cwd=root)
     sh("git", "config", "user.name", "test", cwd=root)
