@@ -126,6 +126,16 @@ def test_accuracy(model_pt: Path, data) -> float:
     return float((probs.argmax(1) == targets).mean())
 
 
+def trained_accuracy(params: TrainParams, data) -> float:
+    """Train with `params` (the best epoch kept, as the train stage does); test accuracy."""
+    from tasks.inference import MODEL
+    from tasks.train import fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(params, data, out_dir=Path(tmp), show_progress=False)
+        return test_accuracy(Path(tmp) / MODEL, data)
+
+
 def search(tune: TuneParams, base: TrainParams, data, out_dir: Path):
     """The tune stage's search, in this process: trials one after another, then the best
     values (as train reads them from best_params.yaml) and the study."""
@@ -154,8 +164,6 @@ def trial_scores(study, tune: TuneParams, base: TrainParams, data, known: dict[i
     deterministic), its val score and sign-test p against trial 0, to judge choice rules."""
     from optuna.trial import TrialState
 
-    from tasks.inference import MODEL
-    from tasks.train import fit
     from tasks.tune import START, sign_test
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -163,10 +171,8 @@ def trial_scores(study, tune: TuneParams, base: TrainParams, data, known: dict[i
     rows = []
     for t in trials:
         if t.number not in known:
-            with tempfile.TemporaryDirectory() as tmp:
-                params = TrainParams.model_validate({**base.model_dump(), **t.params})
-                fit(params, data, out_dir=Path(tmp), show_progress=False)
-                known[t.number] = test_accuracy(Path(tmp) / MODEL, data)
+            params = TrainParams.model_validate({**base.model_dump(), **t.params})
+            known[t.number] = trained_accuracy(params, data)
         p = None if start is None or t is start else sign_test(t, start)
         rows.append({"trial": t.number, "val": t.value, "test": known[t.number], "p": p})
     return rows
@@ -179,8 +185,6 @@ def run_one(
     names: list[str],
     trials_out: Path | None = None,
 ) -> dict[str, float]:
-    from tasks.inference import MODEL
-    from tasks.train import fit
 
     augment: AugmentParams = shipped("augment").model_copy(update={"image_size": IMAGE_SIZE})
     default: TrainParams = shipped("train").model_copy(update={"seed": seed, "device": "cpu"})
@@ -192,13 +196,12 @@ def run_one(
     for recipe in names:
         started = time.perf_counter()
         data = prepared.data(seed, flip_only if recipe == "plain" else augment, default.model)
-        with tempfile.TemporaryDirectory() as tmp:
-            params = chosen.get(recipe)
-            if recipe == "search":
-                tune: TuneParams = shipped("tune")
+        params = chosen.get(recipe)
+        if recipe == "search":
+            tune: TuneParams = shipped("tune")
+            with tempfile.TemporaryDirectory() as tmp:
                 params, study = search(tune, chosen["default"], data, Path(tmp))
-            fit(params, data, out_dir=Path(tmp), show_progress=False)
-            scores[recipe] = test_accuracy(Path(tmp) / MODEL, data)
+        scores[recipe] = trained_accuracy(params, data)
         print(
             f"  {prepared.name} seed {seed} {recipe:13s} test_accuracy={scores[recipe]:.3f}"
             f"  {time.perf_counter() - started:.0f}s",

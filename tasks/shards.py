@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 import zlib
@@ -177,11 +178,12 @@ def write_locations(clean_dir: Path, locations: Iterable[Location]) -> None:
 
 
 def _stat_key(path: Path) -> list[int] | None:
+    """[size, mtime_ns, inode] of a regular file; None when there is none."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ino] if stat.S_ISREG(st.st_mode) else None
 
 
 def load_checks(path: Path | None) -> dict[str, list]:
@@ -236,7 +238,7 @@ def verified_locations(
     for name, locs in sorted(by_shard.items()):
         path = folder / name
         expected = locs[0].shard_sha256
-        stat_key = _stat_key(path) if path.is_file() else None
+        stat_key = _stat_key(path)
         ok = stat_key is not None and stat_key[0] == locs[0].shard_bytes
         if ok and checks.get(name) != [*stat_key, expected]:  # type: ignore[misc]
             ok = file_sha256(path) == expected

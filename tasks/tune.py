@@ -314,17 +314,19 @@ def objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {m.epoch + 1}")
 
-        fit(params, data, on_epoch=report, show_progress=False, on_validation=hit_log(hits))
+        fit(
+            params,
+            data,
+            on_epoch=report,
+            show_progress=False,
+            on_validation=lambda _epoch, h: hits.append(h),
+        )
         best = values.index(max(values) if maximize else min(values))
         if best < len(hits):
             trial.set_user_attr(HITS, pack_hits(hits[best]))
         return values[best]
 
     return run
-
-
-def hit_log(into: list[np.ndarray]) -> Callable[[int, np.ndarray], None]:
-    return lambda _epoch, hits: into.append(hits)
 
 
 def finished_trials(study: optuna.Study) -> int:
