@@ -17,14 +17,21 @@ from params import TrainParams
 from tasks.curves import plot_curves
 from tasks.files import write_csv
 from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fingerprint
-from tasks.tune import apply_best_params, searched_overrides
+from tasks.tune import final_training
+
+REFIT_NOTE = (
+    "refit: the val images train too (the search's trials judged the recipe on them), "
+    "so every epoch runs and the training metric picks the kept one (refit: off in "
+    "params/train.yaml to keep them for validation)"
+)
 
 
 def train_worker(params: TrainParams, root: str = ".") -> None:
     """A rank > 0 under torchrun: trains its shard in step with rank 0 and writes nothing."""
     project = Project(Path(root))
-    params = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
-    fit(params, train_data(project), out_dir=project.artifacts("train"), show_progress=False)
+    best = project.artifacts("tune") / "best_params.yaml"
+    final = final_training(best, params, train_data(project))
+    fit(final.params, final.data, out_dir=project.artifacts("train"), show_progress=False)
 
 
 @flow(name="train", flow_run_name=stage_run_name("train"), log_prints=True)
@@ -32,14 +39,16 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
     out = project.artifacts("train")
     out.mkdir(parents=True, exist_ok=True)
-    tuned = apply_best_params(project.artifacts("tune") / "best_params.yaml", params)
-    overridden = searched_overrides(params, tuned)
-    params = tuned
-    data = train_data(project)
+    best = project.artifacts("tune") / "best_params.yaml"
+    final = final_training(best, params, train_data(project))
+    params, data, refit, overridden = final.params, final.data, final.refit, final.overridden
     log = get_run_logger()
-    log.info("training %s on %d classes", params.model, len(data.classes))
+    trained_on = len(data.part("train"))
+    log.info("training %s on %d classes, %d images", params.model, len(data.classes), trained_on)
     if overridden:
         log.warning(overridden)
+    if refit:
+        log.info(REFIT_NOTE)
     progress = ProgressArtifact("train-progress", "epochs")
     checkpoint = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data))
     resume = checkpoint is not None
@@ -78,6 +87,8 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
         "epochs_run": len(history),
         "stopped_early": result.stopped_early,
         "monitor": result.monitor,
+        "refit": refit,
+        "train_images": trained_on,
         "val_loss": best.val_loss if best else None,
         "val_accuracy": best.val_accuracy if best else None,
     }
@@ -85,6 +96,7 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
         "train-summary",
         f"# train\n\n`{params.model}`, {len(data.classes)} classes\n\n"
         + (f"**{overridden}**\n\n" if overridden else "")
+        + (f"{REFIT_NOTE}\n\n" if refit else "")
         + pd.Series(summary).to_frame("value").to_markdown()
         + "\n\n"
         + history.round(4).to_markdown(index=False),

@@ -231,6 +231,12 @@ class TrainParams(_Params):
         "drives early stopping",
     )
     patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
+    refit: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="on: the val images join the train split, every epoch runs and the "
+        "kept one is picked by the training metric; auto: on after a search, whose trials "
+        "already used the val images to judge the recipe",
+    )
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as better")
     # data loading and speed
     batch_size: int = Field(32, ge=1, le=4096)

@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import albumentations as A
@@ -83,6 +83,11 @@ class TrainData:
 
     def part(self, name: str) -> pd.DataFrame:
         return self.split[self.split["split"] == name]
+
+    def with_val_in_train(self) -> TrainData:
+        """The split with every val image moved to train (a refit): nothing is validated."""
+        moved = self.split["split"].mask(self.split["split"] == "val", "train")
+        return replace(self, split=self.split.assign(split=moved))
 
     def fingerprint(self) -> str:
         """Identifies the exact split and balance plan: a checkpoint resumes only on the same."""

@@ -56,7 +56,8 @@ def study_name(tune: TuneParams, base: TrainParams, data: TrainData) -> str:
         mode="json",
         include={"epochs", "metric", "seed", "sampler", "pruner", "pruner_warmup_epochs", "space"},
     )
-    key = json.dumps([search, base.model_dump(mode="json"), data.fingerprint()], sort_keys=True)
+    recipe = base.model_dump(mode="json", exclude={"refit"})  # trials never refit
+    key = json.dumps([search, recipe, data.fingerprint()], sort_keys=True)
     return "visiontune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -471,6 +472,32 @@ def apply_best_params(best_params_yaml: Path, train: TrainParams) -> TrainParams
     """train.yaml overlaid with the tune stage's best values."""
     best = yaml.safe_load(best_params_yaml.read_text())
     return TrainParams.model_validate({**train.model_dump(), **best.get("params", {})})
+
+
+@dataclass
+class FinalTraining:
+    params: TrainParams  # what fit gets
+    data: TrainData
+    refit: bool
+    overridden: str | None  # the train.yaml values the search replaced, in one line
+
+
+def final_training(best_params_yaml: Path, train: TrainParams, data: TrainData) -> FinalTraining:
+    """What the train stage fits: train.yaml with the search's values and, when it refits
+    (`refit: auto` after a search), the val images moved into train. The trials judged
+    the recipe on val already, so the final model may learn from those images too
+    (scikit-learn's `refit`, AutoGluon's `refit_full`); with nothing left to validate
+    on, every epoch runs (no early stopping) and the training metric picks the kept one."""
+    tuned = apply_best_params(best_params_yaml, train)
+    overridden = searched_overrides(train, tuned)
+    refit = tuned.refit == "on"
+    if tuned.refit == "auto":
+        record = yaml.safe_load(best_params_yaml.read_text()) or {}
+        refit = record.get("source") == "optuna"
+    if not refit:
+        return FinalTraining(tuned, data, False, overridden)
+    every_epoch = tuned.model_copy(update={"patience": tuned.epochs})
+    return FinalTraining(every_epoch, data.with_val_in_train(), True, overridden)
 
 
 def searched_overrides(train: TrainParams, tuned: TrainParams) -> str | None:

@@ -68,7 +68,9 @@ def test_outputs_of_each_stage(ran_project):
     assert (art / "tune" / "plots" / "history.png").is_file()
     assert (art / "train" / "model.pt").is_file()
     live = json.loads((art / "train" / "live" / "metrics.json").read_text())
-    assert "val_accuracy" in live
+    assert "train_accuracy" in live and "val_accuracy" not in live  # refit after the search
+    history = pd.read_csv(art / "train" / "history.csv")
+    assert history["val_accuracy"].isna().all()
     metrics = json.loads((art / "evaluate" / "metrics.json").read_text())
     for key in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"):
         assert 0.0 <= metrics[key] <= 1.0, key

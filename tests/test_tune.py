@@ -13,7 +13,7 @@ import yaml
 from flows.tune import run_search
 from params import ParamsError, TrainParams, TuneParams
 from params.schema import load_params
-from tasks.train import TrainData
+from tasks.train import TrainData, fit
 from tasks.tune import (
     HITS,
     apply_best_params,
@@ -259,3 +259,36 @@ def test_the_best_trial_must_also_win_a_paired_sign_test_on_the_val_images():
     assert best_record(study, tune)["sign_test_p"] == pytest.approx(1 / 64, abs=1e-4)
     assert chosen_trial(study, tune.model_copy(update={"confidence": 0.99})).number == 0
     assert chosen_trial(study, tune.model_copy(update={"min_gain": 0.1})).number == 0
+
+
+def test_after_a_search_the_final_training_learns_from_the_val_images_too(data, tmp_path):
+    from tasks.tune import final_training
+
+    n_train, n_val = len(data.part("train")), len(data.part("val"))
+    assert n_val > 0
+    searched = tmp_path / "searched.yaml"
+    searched.write_text(yaml.safe_dump({"source": "optuna", "params": {"lr": 0.002}}))
+    passthrough = tmp_path / "passthrough.yaml"
+    passthrough.write_text(yaml.safe_dump({"source": "params/train.yaml (n_trials: 0)"}))
+    mine = TINY_TRAIN.model_copy(update={"epochs": 2, "patience": 1})
+
+    final = final_training(searched, mine, data)
+    assert final.refit and final.params.lr == 0.002
+    assert final.params.patience == 2  # no early stopping on the training metric
+    assert len(final.data.part("train")) == n_train + n_val and final.data.part("val").empty
+    assert final.data.fingerprint() != data.fingerprint()  # never resumes the other run
+    assert final.overridden and "lr 0.003 → 0.002" in final.overridden
+    result = fit(final.params, final.data, show_progress=False)
+    assert len(result.history) == 2 and all(m.val_accuracy is None for m in result.history)
+
+    kept = final_training(passthrough, mine, data)
+    assert not kept.refit and kept.data is data and kept.params.patience == 1
+    off = final_training(searched, mine.model_copy(update={"refit": "off"}), data)
+    assert not off.refit and len(off.data.part("val")) == n_val
+    on = final_training(passthrough, mine.model_copy(update={"refit": "on"}), data)
+    assert on.refit and on.data.part("val").empty
+    # trials never refit, so the setting does not start another study
+    tune = TuneParams(n_trials=1)
+    assert study_name(tune, mine, data) == study_name(
+        tune, mine.model_copy(update={"refit": "off"}), data
+    )
