@@ -96,7 +96,7 @@ class AugmentParams(_Params):
     """
 
     image_size: int = Field(96, ge=16, le=1024, description="side of the square model input")
-    scale_min: float = Field(0.7, gt=0, le=1, description="RandomResizedCrop's smallest area")
+    scale_min: float = Field(0.9, gt=0, le=1, description="RandomResizedCrop's smallest area")
     preset: Literal["light", "strong", "trivialaugment", "randaugment", "custom"] = Field(
         "light",
         description="light | strong | trivialaugment (TrivialAugmentWide) | randaugment "
