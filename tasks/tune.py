@@ -436,12 +436,15 @@ def chosen_trial(study: optuna.Study, tune: TuneParams) -> FrozenTrial:
     return choose_trial(study, tune).trial
 
 
+SEARCHED = "optuna"  # best_params.yaml `source` when a search chose the values
+
+
 def best_record(study: optuna.Study, tune: TuneParams) -> dict:
     counts = pd.Series([t.state.name for t in study.trials], dtype=str).value_counts()
     choice = choose_trial(study, tune)
     chosen = choice.trial
     record = {
-        "source": "optuna",
+        "source": SEARCHED,
         "study": study.study_name,
         "params": dict(chosen.params),
         f"best_{tune.metric}": chosen.value,
@@ -470,8 +473,11 @@ def passthrough_record(tune: TuneParams, base: TrainParams) -> dict:
 
 def apply_best_params(best_params_yaml: Path, train: TrainParams) -> TrainParams:
     """train.yaml overlaid with the tune stage's best values."""
-    best = yaml.safe_load(best_params_yaml.read_text())
-    return TrainParams.model_validate({**train.model_dump(), **best.get("params", {})})
+    return overlaid(yaml.safe_load(best_params_yaml.read_text()) or {}, train)
+
+
+def overlaid(record: dict, train: TrainParams) -> TrainParams:
+    return TrainParams.model_validate({**train.model_dump(), **record.get("params", {})})
 
 
 @dataclass
@@ -488,12 +494,10 @@ def final_training(best_params_yaml: Path, train: TrainParams, data: TrainData) 
     the recipe on val already, so the final model may learn from those images too
     (scikit-learn's `refit`, AutoGluon's `refit_full`); with nothing left to validate
     on, every epoch runs (no early stopping) and the training metric picks the kept one."""
-    tuned = apply_best_params(best_params_yaml, train)
+    record = yaml.safe_load(best_params_yaml.read_text()) or {}
+    tuned = overlaid(record, train)
     overridden = searched_overrides(train, tuned)
-    refit = tuned.refit == "on"
-    if tuned.refit == "auto":
-        record = yaml.safe_load(best_params_yaml.read_text()) or {}
-        refit = record.get("source") == "optuna"
+    refit = tuned.refit == "on" or (tuned.refit == "auto" and record.get("source") == SEARCHED)
     if not refit:
         return FinalTraining(tuned, data, False, overridden)
     every_epoch = tuned.model_copy(update={"patience": tuned.epochs})

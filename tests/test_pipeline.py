@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from flows.stages import STAGES
+from tasks.tune import SEARCHED
 from tests.images import write_collect_source
 from tests.project import TINY_PARAMS, make_project, of_runs, sh
 
@@ -60,7 +61,7 @@ def test_outputs_of_each_stage(ran_project):
     assert set(split["split"]) == {"train", "val", "test"}
     assert (art / "augment" / "preview.png").stat().st_size > 0
     best = yaml.safe_load((art / "tune" / "best_params.yaml").read_text())
-    assert best["source"] == "optuna"
+    assert best["source"] == SEARCHED
     assert best["trials"].get("COMPLETE", 0) + best["trials"].get("PRUNED", 0) == 2
     assert set(best["params"]) == {"lr", "weight_decay", "freeze_epochs"}
     assert (art / "tune" / "study" / "study.db").is_file()

@@ -16,6 +16,7 @@ from params.schema import load_params
 from tasks.train import TrainData, fit
 from tasks.tune import (
     HITS,
+    SEARCHED,
     apply_best_params,
     best_record,
     chosen_trial,
@@ -184,7 +185,7 @@ def test_a_search_killed_with_sigkill_resumes(tmp_path, prefect_server):
     assert all(after[n] == "FAIL" for n in running)  # failed, not left RUNNING
     assert sum(s in ("COMPLETE", "PRUNED") for s in after.values()) == 3  # budget met
     best = yaml.safe_load((project / "artifacts" / "tune" / "best_params.yaml").read_text())
-    assert best["source"] == "optuna"
+    assert best["source"] == SEARCHED
     study = open_study(
         TuneParams(**tune),
         make_storage(TuneParams(**tune), project / "artifacts" / "tune"),
@@ -267,7 +268,7 @@ def test_after_a_search_the_final_training_learns_from_the_val_images_too(data, 
     n_train, n_val = len(data.part("train")), len(data.part("val"))
     assert n_val > 0
     searched = tmp_path / "searched.yaml"
-    searched.write_text(yaml.safe_dump({"source": "optuna", "params": {"lr": 0.002}}))
+    searched.write_text(yaml.safe_dump({"source": SEARCHED, "params": {"lr": 0.002}}))
     passthrough = tmp_path / "passthrough.yaml"
     passthrough.write_text(yaml.safe_dump({"source": "params/train.yaml (n_trials: 0)"}))
     mine = TINY_TRAIN.model_copy(update={"epochs": 2, "patience": 1})
