@@ -186,9 +186,9 @@ def start_point(tune: TuneParams, base: TrainParams) -> dict:
     """train.yaml's own values of the searched keys (those inside the space): trial 0, so
     a search is never worse on validation than the recipe it starts from."""
     point = {}
-    trial_base = base.model_copy(update={"epochs": trial_epochs(tune, base)})
+    short = trial_base(tune, base)
     for key, dim in tune.space.items():
-        value = trial_base.head_epochs if key == "freeze_epochs" else getattr(base, key)
+        value = short.head_epochs if key == "freeze_epochs" else getattr(base, key)
         match dim:
             case CategoricalDim() if value in dim.choices:
                 point[key] = value
@@ -282,12 +282,17 @@ def trial_params(trial: optuna.Trial, tune: TuneParams, base: TrainParams) -> Tr
                 update[key] = trial.suggest_int(key, dim.low, dim.high, step=dim.step, log=dim.log)
             case CategoricalDim():
                 update[key] = trial.suggest_categorical(key, dim.choices)
-    epochs = trial_epochs(tune, base)
-    update |= {"epochs": epochs, "patience": epochs}
-    freeze = update.get("freeze_epochs", base.freeze_epochs)
+    short = trial_base(tune, base)
+    freeze = update.get("freeze_epochs", short.freeze_epochs)
     if freeze != "auto":
-        update["freeze_epochs"] = min(freeze, epochs)
-    return TrainParams.model_validate({**base.model_dump(), **update})
+        update["freeze_epochs"] = min(freeze, short.epochs)
+    return TrainParams.model_validate({**short.model_dump(), **update})
+
+
+def trial_base(tune: TuneParams, base: TrainParams) -> TrainParams:
+    """train.yaml at the trials' epochs, every one of them run (trials compare their curves)."""
+    epochs = trial_epochs(tune, base)
+    return base.model_copy(update={"epochs": epochs, "patience": epochs})
 
 
 def metric_of(m: EpochMetrics, metric: str) -> float:
