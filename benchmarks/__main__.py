@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument(
         "--recipe-full",
         action="store_true",
-        help="the recipe benchmark: every dataset, 2 seeds (default: 2 datasets, 1 seed)",
+        help="the recipe benchmark: every dataset, 4 seeds (default: 2 datasets, 1 seed)",
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.md")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
