@@ -283,6 +283,11 @@ def measure(
                 for recipe, value in run_one(prepared, seed, epochs, names, trials_out).items():
                     scores[name].setdefault(recipe, []).append(value)
     print(table(scores, sizes), flush=True)
+    return goal_rows(scores, seeds, epochs)
+
+
+def goal_rows(scores: dict[str, dict[str, list[float]]], seeds: int, epochs: int) -> list[Result]:
+    """The results.md rows: each dataset's margin over the baselines and the search's gain."""
     rows = []
     for name, by_recipe in scores.items():
         mean = {r: statistics.fmean(v) for r, v in by_recipe.items()}
