@@ -48,7 +48,7 @@ from params import AugmentParams, CleanParams, TrainParams, TuneParams  # noqa: 
 EPOCHS = 5
 IMAGE_SIZE = 64
 REDUCED = ("demo", "digits")
-# seeds of the full suite: with 133-180 test images a seed moves a recipe by up to ±5 points,
+# seeds of the full suite: with 75-180 test images a seed moves a recipe by up to ±5 points,
 # and 2 seeds put the Apple emoji probe 1.6 points ahead where 6 put it 1.1 behind
 FULL_SEEDS = 4
 RECIPES = ("default", "plain", "linear_probe", "search")
