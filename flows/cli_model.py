@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, current_project, fail, validated
+from flows.cli_common import console, current_project, err, fail, validated
 from flows.project import Project
 
 model_app = typer.Typer()
@@ -34,33 +34,69 @@ def predict(
     ),
 ) -> None:
     """Classify images with the trained model: print a table and write a CSV."""
+    from rich.progress import Progress
+
     from tasks.files import write_csv
     from tasks.predict import list_images, predict_images
 
     project = current_project()
     model_pt = _model_file(project, model)
     try:
-        paths = list_images(target)
+        listing = list_images(target)
     except FileNotFoundError as exc:
         fail(str(exc))
+    paths = listing.images
+    if listing.skipped:
+        names = ", ".join(_shown(p, target) for p in listing.skipped[:3])
+        more = f", … ({len(listing.skipped)} in all)" if len(listing.skipped) > 3 else ""
+        err.print(f"skipped (not an image file by its extension): {names}{more}", highlight=False)
     if not paths:
         fail(f"no image files under {target}")
-    frame = predict_images(model_pt, paths, top_k=top_k)
+    with Progress(console=err, transient=True, disable=len(paths) <= BATCH) as progress:
+        task = progress.add_task("predict", total=len(paths))
+        frame = predict_images(
+            model_pt,
+            paths,
+            top_k=top_k,
+            batch_size=BATCH,
+            on_batch=lambda n: progress.advance(task, n),
+        )
     out = csv or project.artifacts("predict") / "predictions.csv"
     write_csv(frame, out)
     table = Table(title=f"predictions ({model_pt.name})")
     for column in ("image", "predicted", "confidence", f"top {top_k}"):
         table.add_column(column, justify="right" if column == "confidence" else "left")
-    for row in frame.to_dict(orient="records"):
+    for row in frame.head(MAX_ROWS).to_dict(orient="records"):
+        shown = _shown(Path(row["path"]), target)
         if row.get("error"):
-            table.add_row(Path(row["path"]).name, "[red]error[/red]", "", row["error"])
+            table.add_row(shown, "[red]error[/red]", "", row["error"])
             continue
         tops = ", ".join(
             f"{row[f'top{i}']} {row[f'p{i}']:.2f}" for i in range(1, top_k + 1) if f"top{i}" in row
         )
-        table.add_row(Path(row["path"]).name, row["predicted"], f"{row['confidence']:.3f}", tops)
+        table.add_row(shown, row["predicted"], f"{row['confidence']:.3f}", tops)
     console.print(table)
-    console.print(f"{len(frame)} image(s); CSV: {out}")
+    if len(frame) > MAX_ROWS:
+        console.print(f"… {len(frame) - MAX_ROWS} more row(s) in the CSV")
+    counts = frame["predicted"].value_counts() if "predicted" in frame else None
+    if counts is not None and len(counts):
+        console.print("predicted: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    failed = int((frame["error"] != "").sum())
+    errors = f", {failed} unreadable (see the error column)" if failed else ""
+    console.print(f"{len(frame)} image(s){errors}; CSV: {out}")
+
+
+BATCH = 32  # images decoded and scored at once
+MAX_ROWS = 50  # rows of the printed table; the CSV has them all
+
+
+def _shown(path: Path, target: Path) -> str:
+    """A path as the user would recognise it: relative to the folder they named."""
+    return (
+        str(path.relative_to(target))
+        if path.is_relative_to(target) and path != target
+        else path.name
+    )
 
 
 class ExportFormat(StrEnum):

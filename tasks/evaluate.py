@@ -81,9 +81,12 @@ def evaluate_predictions(
         "n_classes": len(classes),
         "chance_accuracy": float(np.bincount(targets, minlength=len(classes)).max() / len(targets)),
     }
+    # averages over the classes in the test split or predicted (scikit-learn's own choice):
+    # a class with no test image and no prediction would count as a 0 in every macro mean
+    seen = np.union1d(targets, preds)
     for avg in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(
-            targets, preds, labels=labels, average=avg, zero_division=0
+            targets, preds, labels=seen, average=avg, zero_division=0
         )
         metrics |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
     k = min(top_k, len(classes) - 1)

@@ -7,7 +7,8 @@ is loaded and run by tasks/inference.py's LoadedModel, as for the clean cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -22,18 +23,26 @@ from tasks.decode import RejectedImage, decode
 from tasks.inference import LoadedModel
 
 
-def list_images(target: Path) -> list[Path]:
-    """`target` itself if it is a file, else every image file under the folder (sorted)."""
+@dataclass
+class Listing:
+    images: list[Path]
+    skipped: list[Path]  # files (or dangling links) without an image extension Pillow knows
+
+
+def list_images(target: Path) -> Listing:
+    """`target` itself if it is a file, else every image file under the folder (sorted);
+    hidden files are left out, other files are listed as skipped so the user hears of them."""
     if target.is_file():
-        return [target]
+        return Listing([target], [])
     if not target.is_dir():
         raise FileNotFoundError(f"{target} is neither an image file nor a folder")
     known = {ext.lower() for ext in Image.registered_extensions()}
-    return sorted(
-        p
-        for p in target.rglob("*")
-        if p.is_file() and p.suffix.lower() in known and not p.name.startswith(".")
-    )
+    images, skipped = [], []
+    for p in sorted(target.rglob("*")):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        (images if p.is_file() and p.suffix.lower() in known else skipped).append(p)
+    return Listing(images, skipped)
 
 
 def image_tensor(path: Path, clean: CleanParams, pipeline: A.Compose) -> torch.Tensor:
@@ -44,10 +53,15 @@ def image_tensor(path: Path, clean: CleanParams, pipeline: A.Compose) -> torch.T
 
 
 def predict_files(
-    model_file: Path, paths: list[Path], device: str = "cpu", batch_size: int = 32
+    model_file: Path,
+    paths: list[Path],
+    device: str = "cpu",
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, dict[int, str], dict]:
     """(probabilities, errors, metadata) of raw image files, decoded with the model's clean
-    params: an unreadable file has a NaN row and its reason in errors[its index]."""
+    params: an unreadable file has a NaN row and its reason in errors[its index].
+    `on_batch(n)` hears of every n files read (a progress bar)."""
     model = LoadedModel.load(model_file, device)
     clean = model.clean
     errors: dict[int, str] = {}
@@ -64,6 +78,8 @@ def predict_files(
                 index.append(i)
             if tensors:
                 yield torch.stack(tensors), torch.tensor(index)
+            if on_batch is not None:  # the batch is scored once the consumer asks for more
+                on_batch(min(start + batch_size, len(paths)) - start)
 
     probs = np.full((len(paths), len(model.classes)), np.nan, dtype=np.float64)
     scored, index = model.probs(batches())
@@ -72,11 +88,15 @@ def predict_files(
 
 
 def predict_images(
-    model_file: Path, paths: list[Path], top_k: int = 3, batch_size: int = 32
+    model_file: Path,
+    paths: list[Path],
+    top_k: int = 3,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """One row per image, in `paths` order: predicted class, confidence and the top-k;
     an unreadable file gets its reason in `error`."""
-    probs, errors, meta = predict_files(model_file, paths, batch_size=batch_size)
+    probs, errors, meta = predict_files(model_file, paths, batch_size=batch_size, on_batch=on_batch)
     classes = list(meta["classes"])
     k = max(1, min(top_k, len(classes)))
     rows: list[dict] = []

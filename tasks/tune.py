@@ -516,6 +516,7 @@ def searched_overrides(train: TrainParams, tuned: TrainParams) -> str | None:
         f"{key} {getattr(train, key)!r} → {value!r}"
         for key, value in tuned.model_dump().items()
         if value != getattr(train, key)
+        and not (key == "freeze_epochs" and tuned.head_epochs == train.head_epochs)
     ]
     if not changed:
         return None

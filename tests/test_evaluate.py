@@ -29,6 +29,20 @@ def known_probs() -> np.ndarray:
     return probs / probs.sum(1, keepdims=True)
 
 
+def test_a_class_without_test_images_leaves_the_macro_means_alone():
+    """A class the test split lacks and nothing predicted (too few images to reach it)."""
+    classes = [*CLASSES, "rare"]
+    probs = np.hstack([known_probs(), np.full((10, 1), 0.01)])
+    m = evaluate_predictions(probs, TARGETS, classes, [f"{i}.png" for i in range(10)], 2).metrics
+    for name in ("precision", "recall", "f1"):
+        assert m[f"{name}_macro"] == pytest.approx(
+            {"precision": precision_score, "recall": recall_score, "f1": f1_score}[name](
+                TARGETS, PREDS, average="macro"
+            )
+        )
+    assert m["n_classes"] == 4
+
+
 def test_metrics_match_sklearn_on_a_known_confusion():
     probs = known_probs()
     ev = evaluate_predictions(probs, TARGETS, CLASSES, [f"{i}.png" for i in range(10)], top_k=2)

@@ -116,6 +116,11 @@ def test_train_names_the_train_yaml_values_a_search_overrode(tmp_path):
     assert "lr 0.0003 → 0.002" in message and "weight_decay" not in message
     assert "n_trials: 0" in message
     assert searched_overrides(mine, mine) is None
+    # trial 0 records `auto` resolved: the same head-only epochs are no override
+    kept = mine.model_copy(update={"freeze_epochs": mine.head_epochs})
+    assert searched_overrides(mine, kept) is None
+    longer = mine.model_copy(update={"freeze_epochs": mine.head_epochs + 1})
+    assert "freeze_epochs 'auto' → 2" in (searched_overrides(mine, longer) or "")
 
 
 def test_freeze_epochs_auto_is_a_fifth_of_the_budget():

@@ -35,8 +35,10 @@ def test_predict_on_a_folder_matches_evaluation(trained, tmp_path):
     truncated_png(folder / "broken.png")
     (folder / "notes.txt").write_text("not an image")
 
-    paths = list_images(folder)
+    listing = list_images(folder)
+    paths = listing.images
     assert folder / "notes.txt" not in paths and len(paths) == len(test) + 1
+    assert listing.skipped == [folder / "notes.txt"]
     frame = predict_images(model_pt, paths, top_k=2, batch_size=4)
     assert frame["path"].tolist() == [str(p) for p in paths]
     broken = frame.set_index("path").loc[str(folder / "broken.png")]
@@ -70,6 +72,23 @@ def test_predict_command_prints_and_writes_csv(trained, tmp_path, monkeypatch):
     frame = pd.read_csv(out)
     assert frame.loc[0, "predicted"] in data.classes and "top3" in frame.columns
     assert frame.loc[0, "predicted"] in result.output
+    # a folder: paths shown relative to it, other files named as skipped, counts per class
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(image, folder / "sub" / "a.png")
+    shutil.copy(image, folder / "b.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    result = CliRunner().invoke(app, ["predict", str(folder), "--model", str(model_pt)])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert (
+        "sub/a.png" in output
+        and "skipped (not an image file by its extension): notes.txt" in output
+    )
+    predicted = pd.read_csv(tmp_path / "artifacts" / "predict" / "predictions.csv")["predicted"]
+    assert f"predicted: {predicted.dropna().iloc[0]} 2" in output
+    assert "3 image(s), 1 unreadable (see the error column)" in output
     missing = CliRunner().invoke(app, ["predict", str(tmp_path / "nope"), "--model", str(model_pt)])
     assert missing.exit_code == 2 and "neither an image file nor a folder" in missing.output
 
