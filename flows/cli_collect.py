@@ -20,6 +20,7 @@ def _print_collect(result: dict) -> None:
     console.print(
         f"data/: {result['new']} new, {result['changed']} changed, "
         f"{result['unchanged']} unchanged, {len(result['refused'])} refused"
+        + (f", {len(result['removed'])} removed (--mirror)" if result["removed"] else "")
         + (f"; data.dvc now at {result['data_version']}" if result["data_version"] else "")
     )
     if result["refused"]:
@@ -59,6 +60,13 @@ def _collect(source: str, location: str = "", **options) -> None:
         fail(str(exc))
     _print_collect(result)
 
+
+MIRROR = typer.Option(
+    False,
+    "--mirror",
+    help="make data/ hold exactly this source: remove images in data/ that it no longer has "
+    "(deleted, or moved to another label); an entry refused this time keeps its old copy",
+)
 
 # --timeout … --workers: the options of every command that downloads, as one DownloadLimits
 DOWNLOAD_OPTIONS = {
@@ -117,15 +125,17 @@ def download_options(command: Callable[..., None]) -> Callable[..., None]:
 @collect_app.command("demo")
 def collect_demo(
     per_class: int = typer.Option(120, min=1, help="images per class (demo categories)"),
+    mirror: bool = MIRROR,
 ) -> None:
     """The offline demo set: Noto emoji PNGs (npm emoji-datasource-google), label = category."""
-    _collect("demo", per_class=per_class)
+    _collect("demo", per_class=per_class, mirror=mirror)
 
 
 @collect_app.command("folder")
 def collect_folder(
     path: Path = typer.Argument(..., help="an ImageFolder tree: PATH/<label>/<image>"),
     max_mb: float = DOWNLOAD_OPTIONS["max_mb"][1],
+    mirror: bool = MIRROR,
 ) -> None:
     """Copy an ImageFolder tree (one sub-folder per label) into data/.
 
@@ -136,13 +146,15 @@ def collect_folder(
         fail(f"{path} is not a folder")
     from tasks.download import DownloadLimits
 
-    _collect("folder", str(path.resolve()), limits=DownloadLimits(max_bytes=int(max_mb * 2**20)))
+    limits = DownloadLimits(max_bytes=int(max_mb * 2**20))
+    _collect("folder", str(path.resolve()), limits=limits, mirror=mirror)
 
 
 @collect_app.command("manifest")
 @download_options
 def collect_manifest(
     file: Path = typer.Argument(..., help="CSV or parquet: label + path and/or url (+ extras)"),
+    mirror: bool = MIRROR,
     limits: Any = None,
 ) -> None:
     """Collect the rows of a manifest; relative paths resolve against the manifest's folder.
@@ -150,7 +162,7 @@ def collect_manifest(
     Paths that leave that folder (../, absolute, symlinks) are refused; URLs are
     downloaded safely. Other columns (e.g. `group`) are kept in data/sources.csv.
     """
-    _collect("manifest", str(file.resolve()), limits=limits)
+    _collect("manifest", str(file.resolve()), limits=limits, mirror=mirror)
 
 
 @collect_app.command("urls")
@@ -158,7 +170,8 @@ def collect_manifest(
 def collect_urls(
     file: Path = typer.Argument(..., help="a text file of 'URL [LABEL]' lines"),
     label: str = typer.Option("", help="label for lines that carry none"),
+    mirror: bool = MIRROR,
     limits: Any = None,
 ) -> None:
     """Download a list of image URLs (http/https only) into data/<label>/."""
-    _collect("urls", str(file.resolve()), label=label, limits=limits)
+    _collect("urls", str(file.resolve()), label=label, limits=limits, mirror=mirror)

@@ -24,6 +24,7 @@ from tasks.collect import (
     fetch_demo_package,
     file_sha256,
     record,
+    remove_absent,
     remove_empty_folders,
     remove_stale_temps,
     unique_destinations,
@@ -94,7 +95,9 @@ def _summary(report: CollectReport, result: dict) -> str:
     lines = [
         "# collect\n",
         f"**{len(report.new)}** new, **{len(report.changed)}** changed, "
-        f"**{report.unchanged}** unchanged, **{len(report.refused)}** refused.\n",
+        f"**{report.unchanged}** unchanged, **{len(report.refused)}** refused"
+        + (f", **{len(report.removed)}** removed (mirror)" if report.removed else "")
+        + ".\n",
     ]
     if result["data_version"]:
         lines.append(f"data.dvc: `{result['previous_version']}` → `{result['data_version']}`\n")
@@ -112,8 +115,12 @@ def collect_flow(
     label: str = "",
     per_class: int = DEMO_PER_CLASS,
     limits: DownloadLimits = DownloadLimits(),
+    mirror: bool = False,
 ) -> dict:
-    """Write a source's images into data/; `dvc add data` runs only if something changed."""
+    """Write a source's images into data/; `dvc add data` runs only if something changed.
+
+    `mirror`: data/ ends up holding exactly this source's images (see remove_absent).
+    """
     log = get_run_logger()
     project = Project(Path(root))
     data = project.data
@@ -132,16 +139,21 @@ def collect_flow(
         report = report.merge(write_items(quote(local), data, limits.max_bytes))
     if remote:
         report = report.merge(download_items(remote, data, limits))
-    tables_changed = update_records(data, report.records) if report.records else False
     if data.is_dir():
-        remove_empty_folders(data)
-    changed = bool(report.new or report.changed or tables_changed)
+        if mirror:
+            report.removed = remove_absent(data, report)
+        remove_empty_folders(data)  # before the tables: labels.csv keeps only folders in data/
+    tables_changed = (
+        update_records(data, report.records) if report.records or report.removed else False
+    )
+    changed = bool(report.new or report.changed or report.removed or tables_changed)
     version = dvc_add(data) if changed or (data.is_dir() and previous is None) else None
     changes = version_diff(project.root, previous, version) if version else None
     result = {
         "new": len(report.new),
         "changed": len(report.changed),
         "unchanged": report.unchanged,
+        "removed": report.removed,
         "refused": [asdict(r) for r in report.refused],
         "previous_version": previous,
         "data_version": version,

@@ -58,7 +58,15 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
         backoff=params.backoff,
         workers=params.workers,
     )
-    run_collect(params.source, location, str(project.root), params.label, params.per_class, limits)
+    run_collect(
+        params.source,
+        location,
+        str(project.root),
+        params.label,
+        params.per_class,
+        limits,
+        mirror=params.mirror,
+    )
     after = data_version(project.root)
     registry = read_registry(project.models)
     if after == before and registry.champion is not None:

@@ -448,6 +448,11 @@ class RetrainParams(_Params):
     retries: int = Field(3, ge=0, description="retries of a timed-out or 5xx download")
     backoff: float = Field(1.0, ge=0, description="seconds before the first retry (doubled)")
     workers: int = Field(8, ge=1, description="downloads in flight at once")
+    mirror: bool = Field(
+        False,
+        description="data/ holds exactly the source: images it no longer has (deleted, or "
+        "moved to another label) are removed, as `visiontune collect --mirror`",
+    )
     # how to decide
     metric: str = Field("accuracy", description="key of metrics.json that decides promotion")
     higher_is_better: bool = True

@@ -49,6 +49,7 @@ class CollectReport:
     unchanged: int = 0
     refused: list[Refusal] = field(default_factory=list)
     records: list[dict[str, str]] = field(default_factory=list)  # rows for sources.csv
+    removed: list[str] = field(default_factory=list)  # by --mirror
 
     def merge(self, other: CollectReport) -> CollectReport:
         return CollectReport(
@@ -57,6 +58,7 @@ class CollectReport:
             self.unchanged + other.unchanged,
             self.refused + other.refused,
             self.records + other.records,
+            self.removed + other.removed,
         )
 
 
@@ -113,6 +115,31 @@ def remove_empty_folders(data_dir: Path) -> None:
     for folder in sorted((p for p in data_dir.rglob("*") if p.is_dir()), reverse=True):
         if not any(folder.iterdir()):
             folder.rmdir()
+
+
+def remove_absent(data_dir: Path, report: CollectReport) -> list[str]:
+    """Delete the images in data/ that this collect neither wrote nor refused (`--mirror`).
+
+    A source is the whole dataset for a user who deletes bad images or moves a mislabelled
+    one to its right folder: without this, the deleted image keeps training and the moved
+    one lands in both classes. An entry refused this time (a timeout, a file being
+    replaced) keeps its old copy: a flaky read must not delete data. DVC keeps the previous
+    version, so `git checkout data.dvc && dvc checkout data` brings removed images back.
+    """
+    kept = {r["path"] for r in report.records}
+    refused = {r.source for r in report.refused}
+    old = _read_csv(data_dir / SOURCES_FILE)
+    origin = dict(zip(old["path"], old["source"], strict=True)) if not old.empty else {}
+    removed = []
+    for path in sorted(data_dir.glob("*/**/*")):
+        rel = path.relative_to(data_dir).as_posix()
+        hidden = any(part.startswith(".") for part in path.relative_to(data_dir).parts)
+        if hidden or not path.is_file() or path.is_symlink():
+            continue
+        if rel not in kept and origin.get(rel) not in refused:
+            path.unlink()
+            removed.append(rel)
+    return removed
 
 
 def write_one(item: SourceItem, dest: Path, max_bytes: int | None) -> tuple[str, str]:

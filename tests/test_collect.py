@@ -120,6 +120,53 @@ def test_folder_collect_is_idempotent_and_reports_changes(tmp_path, prefect_serv
         assert _sha((project / "data" / row.path).read_bytes()) == row.sha256
 
 
+def test_mirror_makes_data_follow_deletions_and_moves_in_the_source(tmp_path, prefect_server):
+    source = tmp_path / "source"
+    write_image_folder(source, per_class=3, classes=("circle", "square"))
+    project = make_project(tmp_path / "project")
+    assert "6 new" in _collect(project, "folder", str(source), "--mirror")
+    # the user deletes a bad image, moves a mislabelled one and adds a class; one file is
+    # being replaced (a FIFO for now) and is refused this time
+    (source / "circle" / "circle_0_000.jpg").unlink()
+    (source / "square" / "square_0_001.png").rename(source / "circle" / "square_0_001.png")
+    write_image_folder(source, per_class=1, seed=3, classes=("triangle",))
+    (source / "square" / "square_0_002.jpg").unlink()
+    os.mkfifo(source / "square" / "square_0_002.jpg")
+
+    plain = _collect(project, "folder", str(source))  # without --mirror nothing is removed
+    assert "2 new, 0 changed, 3 unchanged, 1 refused;" in plain and "removed" not in plain
+    assert {"circle/circle_0_000.jpg", "square/square_0_001.png"} <= _data_files(project)
+
+    lines = _collect_lines(project, "folder", str(source), "--mirror")
+    out = " ".join(lines)
+    assert "0 new, 0 changed, 5 unchanged, 1 refused, 2 removed (--mirror)" in out
+    assert "0 added, 0 modified, 2 deleted image(s)" in out
+    assert _refusals(lines) == {str(source / "square" / "square_0_002.jpg"): "not_a_file"}
+    images = {
+        "circle/circle_0_001.png",
+        "circle/circle_0_002.jpg",
+        "circle/square_0_001.png",
+        "square/square_0_000.jpg",
+        "square/square_0_002.jpg",  # refused this time: its old copy stays
+        "triangle/triangle_3_000.jpg",
+    }
+    assert _data_files(project) == images | {"labels.csv", "sources.csv"}
+    assert set(_sources(project)["path"]) == images
+    version = (project / "data.dvc").read_text()
+    again = _collect(project, "folder", str(source), "--mirror")
+    assert "0 new, 0 changed, 5 unchanged, 1 refused " in again and "removed" not in again
+    assert (project / "data.dvc").read_text() == version
+
+    # a class the source no longer has goes, with its folder and its labels.csv row
+    for path in (source / "triangle").iterdir():
+        path.unlink()
+    (source / "triangle").rmdir()
+    assert "1 removed (--mirror)" in _collect(project, "folder", str(source), "--mirror")
+    assert not (project / "data" / "triangle").exists()
+    labels = pd.read_csv(project / "data" / "labels.csv")
+    assert labels["folder"].tolist() == ["circle", "square"]
+
+
 def test_demo_collect_reproduces_the_committed_data_version(tmp_path, prefect_server):
     """The demo set installs from the npm registry with identical bytes: data.dvc matches."""
     project = make_project(tmp_path / "project")

@@ -265,6 +265,23 @@ def test_without_new_data_nothing_retrains_and_a_better_champion_is_kept(champio
     committed = sh("git", "show", "HEAD:data.dvc", cwd=project).stdout
     assert third["data_version"] in committed
 
+    # the labelling tool's export drops rows (images deleted there): with mirror they go
+    manifest = project.parent / "source" / "labels.csv"
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(rows[:-4]) + "\n")
+    gone = {
+        f"{label}/{path.replace('/', '__')}"
+        for label, path in (row.split(",") for row in rows[-4:])
+    }
+    _set(project, mirror=True)
+    fourth = retrain_flow(root=root)
+    assert fourth["data_version"] != third["data_version"]
+    sources = set(pd.read_csv(project / "data" / "sources.csv")["path"])
+    assert len(sources) == len(rows) - 5 and not sources & gone
+    assert all((project / "data" / p).is_file() for p in sources)
+    assert not any((project / "data" / p).exists() for p in gone)
+    assert len(read_registry(project / "models").decisions) == 3
+
 
 def test_every_collect_source_is_a_retrain_source_and_needs_its_path(tmp_path):
     from params import ParamsError, load_params
