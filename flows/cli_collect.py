@@ -16,7 +16,7 @@ from flows.cli_common import console, current_project, fail
 collect_app = typer.Typer(help="Bring labelled images into data/ and version them (dvc add).")
 
 
-def _print_collect(result: dict) -> None:
+def print_collect(result: dict) -> None:
     console.print(
         f"data/: {result['new']} new, {result['changed']} changed, "
         f"{result['unchanged']} unchanged, {len(result['refused'])} refused"
@@ -58,7 +58,7 @@ def _collect(source: str, location: str = "", **options) -> None:
         result = run_collect(source, location, str(project.root), **options)  # type: ignore[arg-type]
     except SourceError as exc:
         fail(str(exc))
-    _print_collect(result)
+    print_collect(result)
 
 
 MIRROR = typer.Option(

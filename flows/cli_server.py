@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from flows.cli_collect import print_collect
 from flows.cli_common import console, current_project, err, fail, print_ui, validated
 from flows.project import Project
 
@@ -23,6 +24,7 @@ def retrain() -> None:
         result = retrain_flow(project.params("retrain"), str(project.root))  # type: ignore[arg-type]
     except SourceError as exc:
         fail(f"params/retrain.yaml source: {exc}")
+    print_collect(result["collect"])
     console.print(result.get("reason") or result["decision"])
     print_ui(project)
 

@@ -160,6 +160,11 @@ def collect_flow(
         "since_last": changes,
         "by_class": changes_by_class(changes).to_dict(orient="records") if changes else [],
     }
+    log.info(
+        "%d new, %d changed, %d unchanged, %d refused, %d removed",
+        *(len(report.new), len(report.changed), report.unchanged),
+        *(len(report.refused), len(report.removed)),
+    )
     publish_markdown("collect-summary", _summary(report, result))
     if report.refused:
         refusals = pd.DataFrame(result["refused"])

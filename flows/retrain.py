@@ -58,7 +58,7 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
         backoff=params.backoff,
         workers=params.workers,
     )
-    run_collect(
+    collected = run_collect(
         params.source,
         location,
         str(project.root),
@@ -73,7 +73,7 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
         message = f"no new data (data.dvc still at {after}): nothing to retrain"
         log.info(message)
         _publish(None, message)
-        return {"decision": "no new data", "data_version": after}
+        return {"decision": "no new data", "data_version": after, "collect": collected}
 
     pipeline_flow(str(project.root))
     art = project.artifacts
@@ -131,4 +131,4 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
         payload=asdict(decision),
     )
     _publish(decision, reason)
-    return asdict(decision)
+    return asdict(decision) | {"collect": collected}

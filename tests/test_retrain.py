@@ -276,6 +276,7 @@ def test_without_new_data_nothing_retrains_and_a_better_champion_is_kept(champio
     _set(project, mirror=True)
     fourth = retrain_flow(root=root)
     assert fourth["data_version"] != third["data_version"]
+    assert sorted(fourth["collect"]["removed"]) == sorted(gone)
     sources = set(pd.read_csv(project / "data" / "sources.csv")["path"])
     assert len(sources) == len(rows) - 5 and not sources & gone
     assert all((project / "data" / p).is_file() for p in sources)
