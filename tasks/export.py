@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tasks.files import atomic_path
+from tasks.inference import class_labels
 
 Format = Literal["onnx", "torchscript"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
@@ -41,7 +42,7 @@ class Parity:
 
 def metadata(meta: dict) -> dict[str, str]:
     keys = ("arch", "classes", "image_size", "mean", "std")
-    return {k: json.dumps(meta[k]) for k in keys}
+    return {k: json.dumps(meta[k]) for k in keys} | {"labels": json.dumps(class_labels(meta))}
 
 
 def export_onnx(net: nn.Module, meta: dict, out: Path, example: torch.Tensor) -> Path:

@@ -47,7 +47,8 @@ def model_payload(state_dict: dict, clf: Classifier, params, data) -> dict:
         "arch": clf.arch or params.model,  # rebuildable offline (an hf-hub model: its timm arch)
         "arch_args": clf.arch_args,
         "model": params.model,
-        "classes": data.classes,
+        "classes": data.classes,  # folder names: what the logits index
+        "labels": data.class_labels,  # the same classes as the user named them
         "image_size": data.image_size,
         "mean": list(clf.mean),
         "std": list(clf.std),
@@ -78,6 +79,11 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
     clf.net.load_state_dict(payload["state_dict"])
     clf.net.to(device).eval()
     return clf.net, payload
+
+
+def class_labels(meta: dict) -> list[str]:
+    """The user's label of each class (models trained before labels were stored: folders)."""
+    return list(meta.get("labels") or meta["classes"])
 
 
 def eval_pipeline(meta: dict) -> A.Compose:
@@ -132,6 +138,10 @@ class LoadedModel:
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
+
+    @property
+    def labels(self) -> list[str]:
+        return class_labels(self.meta)
 
     @property
     def clean(self) -> CleanParams:

@@ -20,7 +20,7 @@ from PIL import Image
 from params import CleanParams
 from tasks.clean_cache import prepare
 from tasks.decode import RejectedImage, decode
-from tasks.inference import LoadedModel
+from tasks.inference import LoadedModel, class_labels
 
 
 @dataclass
@@ -97,7 +97,7 @@ def predict_images(
     """One row per image, in `paths` order: predicted class, confidence and the top-k;
     an unreadable file gets its reason in `error`."""
     probs, errors, meta = predict_files(model_file, paths, batch_size=batch_size, on_batch=on_batch)
-    classes = list(meta["classes"])
+    classes = class_labels(meta)  # the user's labels, not the folder names
     k = max(1, min(top_k, len(classes)))
     rows: list[dict] = []
     for i, path in enumerate(paths):

@@ -81,6 +81,17 @@ class TrainData:
     def classes(self) -> list[str]:
         return sorted(self.split["label"].unique())
 
+    @property
+    def class_labels(self) -> list[str]:
+        """Each class as its user named it ('Food & Drink' for the folder food_drink), so
+        predictions speak the user's labels: the most common original label of its images,
+        or the folder name where collect recorded none."""
+        if "original_label" not in self.split.columns:
+            return self.classes
+        named = self.split[self.split["original_label"].fillna("") != ""]
+        common = named.groupby("label")["original_label"].agg(lambda s: s.value_counts().index[0])
+        return [common.get(c, c) for c in self.classes]
+
     def part(self, name: str) -> pd.DataFrame:
         return self.split[self.split["split"] == name]
 

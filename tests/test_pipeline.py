@@ -6,8 +6,10 @@ import contextlib
 import json
 import shutil
 
+import onnx
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from flows.stages import STAGES
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.e2e
 def ran_project(tmp_path_factory, prefect_server):
     base = tmp_path_factory.mktemp("pipeline")
     source = write_collect_source(base / "source", per_class=14)
+    (source / "triangle").rename(source / "Triangle Shapes")  # the folder: triangle_shapes
     project = make_project(base / "project", TINY_PARAMS)
     collected = sh("visiontune", "collect", "folder", str(source), cwd=project)
     run = sh("visiontune", "run", cwd=project)
@@ -107,12 +110,20 @@ def _ok(result):
 
 def test_use_the_trained_model_from_the_cli(ran_project):
     project, _, _ = ran_project
-    predicted = _ok(_cli(project, "predict", "data/square", "--top-k", "2"))
+    predicted = _ok(_cli(project, "predict", "data", "--top-k", "2"))
     rows = pd.read_csv(project / "artifacts" / "predict" / "predictions.csv")
-    assert len(rows) == 14 and set(rows["predicted"]) <= {"circle", "square", "triangle"}
-    assert "14 image(s)" in predicted
+    # the user's own labels, not the folder names the logits index
+    labels = {"circle", "square", "Triangle Shapes"}
+    assert len(rows) == 43 and set(rows["predicted"].dropna()) <= labels
+    assert set(rows["top2"].dropna()) <= labels and "Triangle Shapes" in set(rows["top1"])
+    assert "43 image(s), 1 unreadable" in predicted
+    meta = torch.load(project / "artifacts" / "train" / "model.pt", weights_only=True)
+    assert meta["classes"] == ["circle", "square", "triangle_shapes"]
+    assert meta["labels"] == ["circle", "square", "Triangle Shapes"]
     exported = _ok(_cli(project, "export", "--format", "onnx"))
     assert "same top-1 for all" in exported
+    onnx_meta = onnx.load(project / "artifacts" / "export" / "model.onnx").metadata_props
+    assert json.loads({p.key: p.value for p in onnx_meta}["labels"])[2] == "Triangle Shapes"
     assert (project / "artifacts" / "export" / "model.onnx").stat().st_size > 0
     found = _ok(_cli(project, "lr-find", "--steps", "12"))
     assert "suggested lr" in found

@@ -364,3 +364,14 @@ def test_balance_plan(tmp_path):
     big = weighted.sampler([0] * 60 + [1] * 20, ["a", "b"], gen)
     share = torch.tensor([([0] * 60 + [1] * 20)[i] for _ in range(20) for i in big]).float().mean()
     assert 0.4 < share < 0.6
+
+
+def test_class_labels_are_the_labels_users_gave(tmp_path):
+    data = tiny_train_data(tmp_path, per_class=4)
+    assert data.class_labels == data.classes == ["circle", "square", "triangle"]  # no sources
+    split = data.split.assign(original_label="")
+    split.loc[split["label"] == "circle", "original_label"] = ["Circle", "Circle", "circle", ""]
+    split.loc[split["label"] == "square", "original_label"] = "Squares & Boxes"
+    named = TrainData(split, data.clean_dir, data.train_pipeline, data.eval_pipeline, 32)
+    # the most common label of a folder wins; a folder with none keeps its name
+    assert named.class_labels == ["Circle", "Squares & Boxes", "triangle"]
