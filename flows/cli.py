@@ -10,7 +10,15 @@ import typer
 from rich.table import Table
 
 from flows.cli_collect import collect_app
-from flows.cli_common import console, current_project, fail, print_metrics, print_ui, validated
+from flows.cli_common import (
+    console,
+    current_project,
+    data_errors,
+    fail,
+    print_metrics,
+    print_ui,
+    validated,
+)
 from flows.cli_model import model_app
 from flows.cli_server import schedule_app, server_app
 from flows.project import Project
@@ -62,6 +70,8 @@ def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> Non
         run_stage(project, name.value)
     except Exception as exc:
         _fail_if_stale(project, name.value, f"it failed ({type(exc).__name__}: {exc})")
+        if isinstance(exc, data_errors()):
+            fail(f"{name.value}: {exc}", 1)
         raise
 
 
@@ -104,7 +114,10 @@ def run(
         return
     from flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(str(project.root), force=force, until=stop_at)
+    try:
+        result = pipeline_flow(str(project.root), force=force, until=stop_at)
+    except data_errors() as exc:
+        fail(str(exc), 1)
     if result["ran"]:
         table = Table(title="stages run")
         table.add_column("stage")

@@ -45,6 +45,18 @@ def print_ui(project: Project) -> None:
         console.print(f"Prefect UI: [bold]{server.ui_url}[/bold]")
 
 
+def data_errors() -> tuple[type[Exception], ...]:
+    """What a stage raises when the data or params cannot work (one class, no training image
+    for a class, an impossible pipeline): the user gets its one line, not a traceback."""
+    from tasks.augment import PipelineError
+    from tasks.balance import BalanceError
+    from tasks.model import ModelError
+    from tasks.split import SplitError
+    from tasks.transforms import TransformError
+
+    return (SplitError, BalanceError, PipelineError, TransformError, ModelError)
+
+
 def validated(project: Project) -> None:
     try:
         project.validate_all()

@@ -92,6 +92,12 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
     """
     if manifest.empty:
         raise SplitError("the clean manifest is empty: no usable images to split")
+    classes = sorted(manifest["label"].unique())
+    if len(classes) < 2:
+        raise SplitError(
+            f"only one class has usable images ({classes[0]}: {len(manifest)}): a classifier "
+            "needs at least two; collect images of another class"
+        )
     messages: list[str] = []
     keys = group_keys(manifest, params.group_by)
     draws = {k: uniform_from_hash(k, params.seed) for k in keys.unique()}

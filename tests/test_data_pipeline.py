@@ -160,6 +160,17 @@ def test_run_without_data_says_to_collect_first(tmp_path):
     assert "visiontune collect" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_data_that_cannot_train_a_classifier_ends_in_one_clear_line(tmp_path, prefect_server):
+    write_image_folder(tmp_path / "source", per_class=6, classes=("circle",))
+    root = make_project(tmp_path / "one-class")
+    run_collect("folder", str(tmp_path / "source"), str(root))
+    proc = sh("visiontune", "run", cwd=root, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: only one class has usable images (circle: 6)"), last
+    assert (root / "artifacts" / "clean" / "manifest.parquet").is_file()  # clean still ran
+
+
 def test_a_stage_on_stale_inputs_names_them_in_one_line(project):
     root = project[0]
     # tune never ran here, so train has no best_params.yaml to read

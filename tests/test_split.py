@@ -53,6 +53,8 @@ def test_a_class_without_training_images_fails_clearly():
         plan_splits(manifest, params)
     with pytest.raises(SplitError, match="empty"):
         plan_splits(manifest.iloc[0:0], SplitParams())
+    with pytest.raises(SplitError, match=r"only one class has usable images \(a: 30\)"):
+        plan_splits(manifest[manifest["label"] == "a"], SplitParams())
 
 
 def test_a_tiny_class_goes_to_train_with_a_clear_message():
