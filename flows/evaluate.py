@@ -16,6 +16,7 @@ from tasks.figures import plot_confusion, plot_gallery, plot_reliability
 from tasks.files import fresh_dir, write_csv, write_json
 from tasks.inference import MODEL, predict_probs
 from tasks.model import pick_device
+from tasks.split import SplitError
 
 
 @flow(name="evaluate", flow_run_name=stage_run_name("evaluate"), log_prints=True)
@@ -25,7 +26,7 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
     test = pd.read_parquet(project.artifacts("split") / "split.parquet")
     test = test[test["split"] == "test"]
     if test.empty:
-        raise ValueError("the test split is empty: set split.test > 0 or add images")
+        raise SplitError("the test split is empty: add images")
     clean_dir = project.artifacts("clean")
     probs, targets, meta = predict_probs(
         project.artifacts("train") / MODEL,

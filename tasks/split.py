@@ -127,6 +127,12 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
             f"({counts.loc[empty_train, 'total'].tolist()} image(s) in all, none drawn for "
             "train): add images, or raise split.yaml `train`"
         )
+    if params.test > 0 and counts["test"].sum() == 0:
+        raise SplitError(
+            f"no image drew the test split ({len(manifest)} image(s) in all; a class with "
+            f"fewer than {active} images goes to train whole), so nothing could be "
+            "evaluated: add images"
+        )
     for name in ("val", "test"):
         missing = [c for c in counts.index[counts[name] == 0] if c not in tiny]
         if missing and getattr(params, name) > 0:

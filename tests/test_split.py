@@ -55,6 +55,9 @@ def test_a_class_without_training_images_fails_clearly():
         plan_splits(manifest.iloc[0:0], SplitParams())
     with pytest.raises(SplitError, match=r"only one class has usable images \(a: 30\)"):
         plan_splits(manifest[manifest["label"] == "a"], SplitParams())
+    two_tiny = pd.concat([_manifest(2, classes=("x",)), _manifest(2, classes=("y",))])
+    with pytest.raises(SplitError, match=r"no image drew the test split \(4 image"):
+        plan_splits(two_tiny, SplitParams())
 
 
 def test_a_tiny_class_goes_to_train_with_a_clear_message():
