@@ -60,6 +60,7 @@ def predict(
             top_k=top_k,
             batch_size=BATCH,
             on_batch=lambda n: progress.advance(task, n),
+            root=target if target.is_dir() else target.parent,
         )
     out = csv or project.artifacts("predict") / "predictions.csv"
     write_csv(frame, out)
@@ -84,6 +85,13 @@ def predict(
     failed = int((frame["error"] != "").sum())
     errors = f", {failed} unreadable (see the error column)" if failed else ""
     console.print(f"{len(frame)} image(s){errors}; CSV: {out}")
+    if "actual" in frame:
+        scored = frame[(frame["actual"] != "") & (frame["error"] == "")]
+        wrong = int((scored["predicted"] != scored["actual"]).sum())
+        console.print(
+            f"accuracy {1 - wrong / len(scored):.3f} on the {len(scored)} image(s) in a folder "
+            f"named after a class ({wrong} wrong; the CSV's `actual` column)"
+        )
 
 
 BATCH = 32  # images decoded and scored at once

@@ -87,26 +87,55 @@ def predict_files(
     return probs, errors, model.meta
 
 
+def folder_classes(paths: list[Path], root: Path, meta: dict) -> list[str]:
+    """The class each image's folder names ('' for none), so a held-out ImageFolder tree
+    scores itself: the nearest folder from the image up to `root` whose name is a class's
+    label or lands on its folder (`Food & Drink` and `food_drink` both name food_drink)."""
+    from tasks.sources import safe_label
+
+    labels = class_labels(meta)
+    named = dict(zip(meta["classes"], labels, strict=True)) | dict(zip(labels, labels, strict=True))
+
+    def label_of(name: str) -> str:
+        if name in named:
+            return named[name]
+        try:
+            return named.get(safe_label(name), "")
+        except ValueError:  # a name with nothing printable in it
+            return ""
+
+    found = []
+    for path in paths:
+        parents = [p for p in path.parents if p.is_relative_to(root)]
+        found.append(next((c for p in parents if (c := label_of(p.name))), ""))
+    return found
+
+
 def predict_images(
     model_file: Path,
     paths: list[Path],
     top_k: int = 3,
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
+    root: Path | None = None,
 ) -> pd.DataFrame:
     """One row per image, in `paths` order: predicted class, confidence and the top-k;
-    an unreadable file gets its reason in `error`."""
+    an unreadable file gets its reason in `error`. With `root`, `actual` holds the class
+    each image's folder under it names (folder_classes)."""
     probs, errors, meta = predict_files(model_file, paths, batch_size=batch_size, on_batch=on_batch)
     classes = class_labels(meta)  # the user's labels, not the folder names
+    actual = folder_classes(paths, root, meta) if root is not None else None
     k = max(1, min(top_k, len(classes)))
     rows: list[dict] = []
     for i, path in enumerate(paths):
+        known = {"actual": actual[i]} if actual is not None and any(actual) else {}
         if i in errors:
-            rows.append({"path": str(path), "error": errors[i]})
+            rows.append({"path": str(path)} | known | {"error": errors[i]})
             continue
         top = torch.from_numpy(probs[i]).topk(k)
         row: dict = {
             "path": str(path),
+            **known,
             "predicted": classes[int(top.indices[0])],
             "confidence": round(float(top.values[0]), 4),
         }

@@ -117,6 +117,11 @@ def test_use_the_trained_model_from_the_cli(ran_project):
     assert len(rows) == 43 and set(rows["predicted"].dropna()) <= labels
     assert set(rows["top2"].dropna()) <= labels and "Triangle Shapes" in set(rows["top1"])
     assert "43 image(s), 1 unreadable" in predicted
+    # data/ is an ImageFolder tree: each image's folder names its class, so predict scores it
+    assert set(rows["actual"]) == labels
+    ok = rows[rows["error"].isna()]
+    right = int((ok["actual"] == ok["predicted"]).sum())
+    assert f"accuracy {right / 42:.3f} on the 42 image(s) in a folder named after" in predicted
     meta = torch.load(project / "artifacts" / "train" / "model.pt", weights_only=True)
     assert meta["classes"] == ["circle", "square", "triangle_shapes"]
     assert meta["labels"] == ["circle", "square", "Triangle Shapes"]

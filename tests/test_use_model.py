@@ -10,7 +10,7 @@ import torch
 from params import TrainParams
 from tasks.dataset import CachedImages, make_loader
 from tasks.export import ExportParityError, check_parity, export_model
-from tasks.predict import list_images, predict_images
+from tasks.predict import folder_classes, list_images, predict_images
 from tasks.train import MODEL, fit, load_model, predict_logits
 from tests.images import truncated_png
 from tests.training import tiny_train_data
@@ -141,3 +141,29 @@ def test_a_model_file_of_another_format_is_refused_in_one_line(trained, tmp_path
     save_torch(payload | {"format": 1}, old)
     with pytest.raises(ModelFormatError, match="model format 1"):
         load_model(old)
+
+
+def test_the_folders_of_a_held_out_tree_name_the_classes(tmp_path):
+    meta = {"classes": ["food_drink", "label_1a2b", "pug"], "labels": ["Food & Drink", "猫", "pug"]}
+    root = tmp_path / "heldout"
+    paths = [
+        root / "Food & Drink" / "a.png",  # the label itself
+        root / "food_drink" / "sub" / "b.png",  # the folder name, an image deeper down
+        root / "FOOD DRINK" / "c.png",  # lands on the same folder
+        root / "猫" / "d.png",
+        root / "pug" / "pug" / "e.png",
+        root / "unknown" / "f.png",
+        root / "g.png",
+    ]
+    assert folder_classes(paths, root, meta) == [
+        "Food & Drink",
+        "Food & Drink",
+        "Food & Drink",
+        "猫",
+        "pug",
+        "",
+        "",
+    ]
+    # the folder the user named may itself be a class; folders above it never count
+    assert folder_classes([root / "pug" / "h.png"], root / "pug", meta) == ["pug"]
+    assert folder_classes([tmp_path / "pug" / "x" / "i.png"], tmp_path / "pug" / "x", meta) == [""]
