@@ -14,7 +14,7 @@ from params import EvaluateParams
 from tasks.evaluate import confusion_frame, evaluate_predictions, misclassified_gallery
 from tasks.figures import plot_confusion, plot_gallery, plot_reliability
 from tasks.files import fresh_dir, write_csv, write_json
-from tasks.inference import MODEL, predict_probs
+from tasks.inference import MODEL, class_labels, predict_probs
 from tasks.model import pick_device
 from tasks.split import SplitError
 
@@ -36,7 +36,7 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
         params.batch_size,
         tta=params.tta,
     )
-    classes = meta["classes"]
+    classes = class_labels(meta)  # reports speak the user's labels, as predict does
     ev = evaluate_predictions(
         probs,
         targets,

@@ -88,6 +88,9 @@ def test_outputs_of_each_stage(ran_project):
         assert (art / "evaluate" / name).stat().st_size > 0, name
     confusion = pd.read_csv(art / "evaluate" / "confusion.csv").set_index("actual")
     assert confusion.to_numpy().sum() == metrics["n_test"]
+    # the reports speak the labels collected, not the folder names
+    assert list(confusion.index) == ["circle", "square", "Triangle Shapes"]
+    assert set(predictions["actual"]) == {"circle", "square", "Triangle Shapes"}
     plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project).stdout)["data"]
     assert "confusion_normalized" in plots and "artifacts/evaluate/predictions.csv" in plots
 
