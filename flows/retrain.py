@@ -104,6 +104,7 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
         data_version=after,
         compared=comparison.compared if champion_pt else None,
         new_classes=comparison.new_classes,
+        removed_classes=comparison.removed_classes,
     )
     record_decision(project.models, decision)
     log.info(reason)

@@ -465,6 +465,11 @@ class RetrainParams(_Params):
         "the challenger, compare_known (decide on the images of the classes both know), "
         "or reject (keep the champion)",
     )
+    removed_classes: Literal["promote", "compare"] = Field(
+        "promote",
+        description="when the champion knows classes the data no longer has: promote the "
+        "challenger (the champion would go on predicting them), or compare (the margin rule)",
+    )
     commit: bool = Field(False, description="git commit data.dvc, dvc.lock, registry; tag it")
     push: bool = Field(False, description="`dvc push` data and models to the DVC remote")
 

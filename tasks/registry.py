@@ -47,6 +47,7 @@ class Decision:
     data_version: str | None
     compared: int | None = None  # test images both models were scored on
     new_classes: list[str] = field(default_factory=list)  # test classes the champion lacked
+    removed_classes: list[str] = field(default_factory=list)  # champion classes now gone
     decided: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -126,6 +127,7 @@ class Comparison:
     new_classes: list[str] = field(default_factory=list)  # test classes the champion lacks
     new_class_images: int = 0
     on_new_classes: dict[str, float] | None = None  # the challenger on those images
+    removed_classes: list[str] = field(default_factory=list)  # the champion's, not the data's
 
 
 def compare_models(
@@ -148,6 +150,7 @@ def compare_models(
     comparison.compared = int(shared.sum())
     comparison.new_classes = sorted(set(test.loc[unknown, "label"]))
     comparison.new_class_images = int(unknown.sum())
+    comparison.removed_classes = sorted(set(old.classes) - set(new.classes))
     if shared.any():
         comparison.shared_challenger = metrics_on(new, test, shared)
         comparison.shared_champion = metrics_on(old, test, shared)
@@ -161,7 +164,9 @@ def decide(comparison: Comparison, params: RetrainParams) -> tuple[bool, str]:
 
     When the test split holds classes the champion does not know, `params.new_classes`
     decides: promote (the default), compare_known (compare on the images of the classes
-    both know), or reject (keep the champion).
+    both know), or reject (keep the champion). When the champion knows classes the data no
+    longer has, `params.removed_classes` decides: promote (the default: the champion would
+    go on predicting them) or compare (the margin rule; predicting one counts as wrong).
     """
     metric = params.metric
     if metric not in comparison.challenger:
@@ -182,6 +187,13 @@ def decide(comparison: Comparison, params: RetrainParams) -> tuple[bool, str]:
         )
     else:
         verdict = f"no {metric} for both models on a shared test image"
+    removed = comparison.removed_classes
+    rejecting = comparison.new_classes and params.new_classes == "reject"
+    if removed and params.removed_classes == "promote" and not rejecting:
+        return True, (
+            f"promoted: classes {removed} are no longer in the data and the champion still "
+            f"predicts them; {verdict}"
+        )
     if comparison.new_classes:
         on_new = (comparison.on_new_classes or {}).get(metric)
         rest = (

@@ -131,6 +131,25 @@ def test_the_new_classes_policy_decides_on_real_models(grown):
     assert promoted == (new > old)
 
 
+def test_a_class_the_data_no_longer_has_replaces_a_champion_that_predicts_it(grown):
+    project, _ = grown
+    split = pd.read_parquet(project / "artifacts" / "split" / "split.parquet")
+    # v1 (circle, square) against v2 (+ triangle): as after the triangles were removed
+    comparison = compare_models(
+        project / "models" / "versions" / "v1" / "model.pt",
+        project / "models" / "versions" / "v2" / "model.pt",
+        split,
+        project / "data",
+    )
+    test = split[split["split"] == "test"]
+    assert comparison.removed_classes == ["triangle"] and comparison.new_classes == []
+    assert comparison.compared == (test["label"] != "triangle").sum()
+    promoted, reason = decide(comparison, RetrainParams(margin=1.0))
+    assert promoted and reason.startswith("promoted: classes ['triangle'] are no longer in")
+    promoted, reason = decide(comparison, RetrainParams(removed_classes="compare", margin=1.0))
+    assert not promoted and reason.startswith("champion kept: challenger accuracy=")
+
+
 def test_the_champion_is_scored_with_its_own_decoding_and_eval_pipeline(grown):
     """v1 was trained on a 40 px clean cache at 32 px; the project is now at 64 px and 40 px."""
     from tasks.augment import build_pipelines
