@@ -3,7 +3,8 @@
 Pillow does the work: its decompression-bomb limit is checked from the header
 before any pixel is decoded, `load()` decodes fully (so a truncated file fails
 here, not in training), and EXIF orientation is applied. A multi-frame file
-(animated GIF/PNG/WebP, multi-page TIFF) gives its first frame.
+(animated GIF/PNG/WebP, multi-page TIFF) gives its first frame. HEIC/HEIF phone
+photos are read through pillow-heif's Pillow plugin.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # HEIC/HEIF, what phones save photos as; Pillow reads AVIF itself
+    from pillow_heif import register_heif_opener
+except ImportError:  # a Python without it rejects them as not_an_image
+    pass
+else:
+    register_heif_opener()
 
 # Modes with a meaningful RGB rendering. Others (e.g. 'F', 32-bit float with no
 # defined range) are rejected as unsupported_mode rather than guessed at.

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+import tasks.decode  # noqa: F401  (its HEIF plugin writes the phone photos below)
 from tasks.files import printable
 
 CLASSES = ("circle", "square", "triangle")
@@ -182,12 +183,15 @@ def _frames(fmt: str, **save) -> bytes:
 
 def hostile_images() -> dict[str, tuple[bytes, str]]:
     """{file name: (bytes, clean's rejection reason or "")} of formats and modes that Pillow
-    supports only in part; multi-frame files are red in their first frame."""
+    supports only in part; multi-frame files are red in their first frame, as are the
+    phone formats (HEIC, AVIF)."""
     rng = random.Random(11)
     png = image_bytes(shape_image("circle", rng, 24))
     bomb = zlib.compress(b"\0" * (16 * 2**20))  # 16 MiB inflated, over Pillow's 1 MiB text cap
     int32 = np.full((24, 24), 1 << 20, dtype=np.int32)  # beyond 16 bits: no defined range
     return {
+        "red.heic": (image_bytes(Image.new("RGB", (24, 24), "red"), "HEIF"), ""),  # phones
+        "red.avif": (image_bytes(Image.new("RGB", (24, 24), "red"), "AVIF"), ""),
         "anim.gif": (_frames("GIF"), ""),
         "pages.tif": (_frames("TIFF"), ""),
         "anim.png": (_frames("PNG"), ""),  # APNG

@@ -6,6 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from params import TrainParams
 from tasks.dataset import CachedImages, make_loader
@@ -34,15 +35,18 @@ def test_predict_on_a_folder_matches_evaluation(trained, tmp_path):
         shutil.copy(root / "data" / rel, folder / rel)
     truncated_png(folder / "broken.png")
     (folder / "notes.txt").write_text("not an image")
+    with Image.open(root / "data" / test["path"].iloc[0]) as img:
+        img.convert("RGB").save(folder / "phone.heic")  # what phones save
 
     listing = list_images(folder)
     paths = listing.images
-    assert folder / "notes.txt" not in paths and len(paths) == len(test) + 1
+    assert folder / "notes.txt" not in paths and len(paths) == len(test) + 2
     assert listing.skipped == [folder / "notes.txt"]
     frame = predict_images(model_pt, paths, top_k=2, batch_size=4)
     assert frame["path"].tolist() == [str(p) for p in paths]
     broken = frame.set_index("path").loc[str(folder / "broken.png")]
     assert "corrupt" in broken["error"]
+    assert frame.set_index("path").loc[str(folder / "phone.heic"), "error"] == ""
     ok = frame[frame["error"] == ""].set_index("path")
     assert set(ok["top1"]) <= set(data.classes) and (ok["top1"] == ok["predicted"]).all()
     assert (ok["p1"] >= ok["p2"]).all()
