@@ -69,6 +69,7 @@ def cache_key(params: CleanParams) -> str:
         "max_pixels": params.max_pixels,
         "pillow": PIL.__version__,
         "imagehash": imagehash.__version__,
+        "formats": sorted(Image.registered_extensions()),  # e.g. HEIC once pillow-heif is there
         "code": inspect.getsource(decode_module) + inspect.getsource(prepare),
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
