@@ -85,7 +85,7 @@ def predict(
     failed = int((frame["error"] != "").sum())
     errors = f", {failed} unreadable (see the error column)" if failed else ""
     console.print(f"{len(frame)} image(s){errors}; CSV: {out}")
-    if "actual" in frame:
+    if "actual" in frame and ((frame["actual"] != "") & (frame["error"] == "")).any():
         scored = frame[(frame["actual"] != "") & (frame["error"] == "")]
         wrong = int((scored["predicted"] != scored["actual"]).sum())
         console.print(
