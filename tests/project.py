@@ -28,8 +28,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
-def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+def sh(
+    *args: str, cwd: Path, check: bool = True, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """`timeout`: a command waiting on a peer that died fails the test instead of hanging it."""
+    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{output}")

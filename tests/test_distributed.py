@@ -102,7 +102,8 @@ def test_dvc_repro_trains_on_two_nodes_under_the_launcher_from_the_environment(
         f"{torchrun} --node-rank=0 --log-dir={logs / 'node0'} --redirects=3"
     )
     try:
-        repro = sh("dvc", "repro", "train", cwd=project)
+        # a node 1 that dies (e.g. `visiontune` not on PATH) leaves rank 0 waiting on it
+        repro = sh("dvc", "repro", "train", cwd=project, timeout=600)
         assert node1.wait(timeout=300) == 0
     finally:
         del os.environ["VISIONTUNE_LAUNCHER"]
