@@ -85,8 +85,8 @@ def predict(
     failed = int((frame["error"] != "").sum())
     errors = f", {failed} unreadable (see the error column)" if failed else ""
     console.print(f"{len(frame)} image(s){errors}; CSV: {out}")
-    if "actual" in frame and ((frame["actual"] != "") & (frame["error"] == "")).any():
-        scored = frame[(frame["actual"] != "") & (frame["error"] == "")]
+    scored = frame[(frame["actual"] != "") & (frame["error"] == "")] if "actual" in frame else []
+    if len(scored):
         wrong = int((scored["predicted"] != scored["actual"]).sum())
         console.print(
             f"accuracy {1 - wrong / len(scored):.3f} on the {len(scored)} image(s) in a folder "

@@ -132,8 +132,9 @@ def remove_absent(data_dir: Path, report: CollectReport) -> list[str]:
     origin = dict(zip(old["path"], old["source"], strict=True)) if not old.empty else {}
     removed = []
     for path in sorted(data_dir.glob("*/**/*")):
-        rel = path.relative_to(data_dir).as_posix()
-        hidden = any(part.startswith(".") for part in path.relative_to(data_dir).parts)
+        relative = path.relative_to(data_dir)
+        rel = relative.as_posix()
+        hidden = any(part.startswith(".") for part in relative.parts)
         if hidden or not path.is_file() or path.is_symlink():
             continue
         if rel not in kept and origin.get(rel) not in refused:

@@ -7,6 +7,7 @@ is loaded and run by tasks/inference.py's LoadedModel, as for the clean cache.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,7 @@ def folder_classes(paths: list[Path], root: Path, meta: dict) -> list[str]:
     labels = class_labels(meta)
     named = dict(zip(meta["classes"], labels, strict=True)) | dict(zip(labels, labels, strict=True))
 
+    @functools.cache  # one answer per folder name, not per image
     def label_of(name: str) -> str:
         if name in named:
             return named[name]
@@ -125,10 +127,12 @@ def predict_images(
     probs, errors, meta = predict_files(model_file, paths, batch_size=batch_size, on_batch=on_batch)
     classes = class_labels(meta)  # the user's labels, not the folder names
     actual = folder_classes(paths, root, meta) if root is not None else None
+    if actual is not None and not any(actual):
+        actual = None  # no folder names a class: no `actual` column
     k = max(1, min(top_k, len(classes)))
     rows: list[dict] = []
     for i, path in enumerate(paths):
-        known = {"actual": actual[i]} if actual is not None and any(actual) else {}
+        known = {"actual": actual[i]} if actual is not None else {}
         if i in errors:
             rows.append({"path": str(path)} | known | {"error": errors[i]})
             continue

@@ -100,16 +100,22 @@ def test_a_growing_manifest_is_collected_and_the_new_class_decision_is_recorded(
     assert len(sources) == 40 and set(sources["label"]) == {"circle", "square", "triangle"}
 
 
-def test_the_new_classes_policy_decides_on_real_models(grown):
-    project, _ = grown
+def _compare(project: Path, challenger: int, champion: int):
+    """(comparison, test split) of two registry versions on the project's current split."""
     split = pd.read_parquet(project / "artifacts" / "split" / "split.parquet")
+    versions = project / "models" / "versions"
     comparison = compare_models(
-        project / "models" / "versions" / "v2" / "model.pt",
-        project / "models" / "versions" / "v1" / "model.pt",
+        versions / f"v{challenger}" / "model.pt",
+        versions / f"v{champion}" / "model.pt",
         split,
         project / "data",
     )
-    test = split[split["split"] == "test"]
+    return comparison, split[split["split"] == "test"]
+
+
+def test_the_new_classes_policy_decides_on_real_models(grown):
+    project, _ = grown
+    comparison, test = _compare(project, challenger=2, champion=1)
     assert comparison.new_classes == ["triangle"]
     assert comparison.new_class_images == (test["label"] == "triangle").sum()
     assert comparison.compared == (test["label"] != "triangle").sum()
@@ -133,15 +139,8 @@ def test_the_new_classes_policy_decides_on_real_models(grown):
 
 def test_a_class_the_data_no_longer_has_replaces_a_champion_that_predicts_it(grown):
     project, _ = grown
-    split = pd.read_parquet(project / "artifacts" / "split" / "split.parquet")
     # v1 (circle, square) against v2 (+ triangle): as after the triangles were removed
-    comparison = compare_models(
-        project / "models" / "versions" / "v1" / "model.pt",
-        project / "models" / "versions" / "v2" / "model.pt",
-        split,
-        project / "data",
-    )
-    test = split[split["split"] == "test"]
+    comparison, test = _compare(project, challenger=1, champion=2)
     assert comparison.removed_classes == ["triangle"] and comparison.new_classes == []
     assert comparison.compared == (test["label"] != "triangle").sum()
     promoted, reason = decide(comparison, RetrainParams(margin=1.0))
