@@ -23,6 +23,12 @@ def print_collect(result: dict) -> None:
         + (f", {len(result['removed'])} removed (--mirror)" if result["removed"] else "")
         + (f"; data.dvc now at {result['data_version']}" if result["data_version"] else "")
     )
+    if result.get("split_folders"):
+        console.print(
+            f"the tree is split into {', '.join(result['split_folders'])} folders: labels are "
+            "the folders inside them; split.yaml `folder_split` keeps its val and test images "
+            "there"
+        )
     if result["refused"]:
         table = Table(title="refused (not collected)")
         for column in ("source", "reason", "detail"):

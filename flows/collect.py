@@ -35,6 +35,7 @@ from tasks.collect import (
 from tasks.download import DownloadLimits, DownloadRefused, download_task
 from tasks.sources import (
     DEMO_PER_CLASS,
+    FOLDER_SPLIT,
     Refusal,
     SourceItem,
     demo_items,
@@ -159,6 +160,7 @@ def collect_flow(
         "data_version": version,
         "since_last": changes,
         "by_class": changes_by_class(changes).to_dict(orient="records") if changes else [],
+        "split_folders": sorted({s for i in items for c, s in i.extra if c == FOLDER_SPLIT}),
     }
     log.info(
         "%d new, %d changed, %d unchanged, %d refused, %d removed",

@@ -69,6 +69,11 @@ class SplitParams(_Params):
         None, description="a manifest column (e.g. from a collect manifest) kept in one split"
     )
     folds: int = Field(0, ge=0, le=100, description="k-fold assignment over train+val (0: none)")
+    folder_split: bool = Field(
+        True,
+        description="a tree collected already split (root/train|val|test/<label>/…): images "
+        "of its val/ and test/ folders stay in that split, the rest is drawn over the others",
+    )
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:

@@ -46,6 +46,19 @@ MAX_NAME_BYTES = 200
 # The two tables collect keeps in data/ beside the images (see tasks/collect.py).
 LABELS_FILE = "labels.csv"
 SOURCES_FILE = "sources.csv"
+# Top-level folder names of a tree shipped already split (root/train/<label>/…), and the
+# split each names; collect records it in the `folder_split` column.
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+FOLDER_SPLIT = "folder_split"
 
 
 @dataclass(frozen=True)
@@ -194,10 +207,33 @@ def demo_items(
     ]
 
 
+def split_layout(top: list[Path]) -> dict[str, str] | None:
+    """{folder name: split} when the top-level folders are all named train/val/test (or
+    training, valid, validation, dev, testing) and one holds sub-folders: a dataset shipped
+    split, root/<split>/<label>/…. None for an ImageFolder tree root/<label>/…."""
+    splits = {d.name: SPLIT_FOLDERS.get(d.name.lower()) for d in top}
+    if not top or None in splits.values():
+        return None
+
+    def holds_folders(folder: Path) -> bool:
+        try:
+            return any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(folder))
+        except OSError:
+            return False
+
+    if not any(holds_folders(d) for d in top):
+        return None  # labels that happen to be called train/test, holding images
+    return splits  # type: ignore[return-value]
+
+
 def folder_items(
     root: Path, max_bytes: int | None = None
 ) -> tuple[list[SourceItem], list[Refusal]]:
     """Items of an ImageFolder tree root/<label>/…/<file>; links leaving the root are refused.
+
+    A tree shipped split, root/train|val|test/<label>/…, gives its labels from the level
+    below the split folders; each item records its folder's split (`folder_split`) and its
+    name starts with the split folder's, so train/cat/1.jpg and test/cat/1.jpg both land.
 
     Every entry ends as an item or a refusal with a reason (hidden ones are skipped):
     one entry that cannot be read never stops the others.
@@ -217,24 +253,43 @@ def folder_items(
         except (RuntimeError, OSError):  # a loop: os.walk does not enter it either
             return False
 
-    labels: list[Path] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue
-        path = Path(entry.path)
+    def sub_folders(parent: Path) -> list[Path]:
+        """Its non-hidden sub-folders; files and links leaving the root are refused."""
+        found: list[Path] = []
         try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if not is_dir:
-            refuse(path, "no_label", "not inside a <label>/ sub-folder")
-        elif entry.is_symlink() and escapes(path):
-            refuse(path, "symlink_escape", "links outside the folder")
-        else:
-            labels.append(path)
+            entries = sorted(os.scandir(parent), key=lambda e: e.name)
+        except OSError as exc:
+            refuse(parent, "unreadable", f"cannot list the folder: {exc.strerror}")
+            return found
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                refuse(path, "no_label", "not inside a <label>/ sub-folder")
+            elif entry.is_symlink() and escapes(path):
+                refuse(path, "symlink_escape", "links outside the folder")
+            else:
+                found.append(path)
+        return found
 
-    for label_dir in labels:
+    top = sub_folders(root)
+    splits = split_layout(top)
+    labels: list[tuple[Path, str | None]] = []
+    if splits:  # root/<split>/<label>/…: the labels are one level down
+        for split_dir in top:
+            labels += [(d, splits[split_dir.name]) for d in sub_folders(split_dir)]
+    else:
+        labels = [(d, None) for d in top]
+
+    for label_dir, split in labels:
         label = printable(label_dir.name)
+        prefix = f"{label_dir.parent.name}__" if split else ""
+        extra = ((FOLDER_SPLIT, split),) if split else ()
 
         def unreadable(exc: OSError) -> None:
             refuse(exc.filename, "unreadable", f"cannot list the folder: {exc.strerror}")
@@ -261,9 +316,10 @@ def folder_items(
                 items.append(
                     SourceItem(
                         label=label,
-                        name=safe_name(rel),
+                        name=safe_name(prefix + rel),
                         origin=printable(str(path)),
                         path=found[1],  # type: ignore[index]
+                        extra=extra,
                     )
                 )
     if not items and not refused:

@@ -26,6 +26,7 @@ from scipy.sparse.csgraph import connected_components
 from params import SplitParams
 
 SPLITS = ("train", "val", "test")
+FOLDER_SPLIT = "folder_split"  # collect's column for a tree shipped split (tasks/sources.py)
 
 
 class SplitError(ValueError):
@@ -83,6 +84,20 @@ def group_keys(manifest: pd.DataFrame, group_by: str | None = None) -> pd.Series
     return pd.Series(keys.to_numpy(), index=manifest.index)
 
 
+def folder_pins(manifest: pd.DataFrame, params: SplitParams) -> pd.Series:
+    """Each image's split fixed by the tree it was collected from (val/ or test/), or NaN.
+
+    Only val and test are pinned: a train/ image is drawn over train and whichever of
+    val/test the tree lacks, so a tree of train/ and test/ still gets a validation split.
+    """
+    none = pd.Series(np.nan, index=manifest.index, dtype=object)
+    if not params.folder_split or FOLDER_SPLIT not in manifest.columns:
+        return none
+    given = _text(manifest[FOLDER_SPLIT])
+    kept = [s for s in ("val", "test") if getattr(params, s) > 0 and (given == s).any()]
+    return given.where(given.isin(kept), np.nan) if kept else none
+
+
 def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
     """The manifest with `split` (and `fold` when params.folds > 0), and messages for the user.
 
@@ -102,17 +117,29 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
     keys = group_keys(manifest, params.group_by)
     draws = {k: uniform_from_hash(k, params.seed) for k in keys.unique()}
     u = keys.map(draws)
-    cut_train, cut_val = params.train, params.train + params.val
-    split = pd.Series("test", index=manifest.index, dtype=object)
-    split[u < cut_val] = "val"
-    split[u < cut_train] = "train"
+    pinned = folder_pins(manifest, params)
+    # the draw's cuts over the splits no folder fixes (all three, unless the tree had some)
+    free = [s for s in SPLITS if s not in set(pinned.dropna())]
+    share = np.array([getattr(params, s) for s in free], dtype=float)
+    cuts = np.cumsum(share) / (share.sum() if len(free) < len(SPLITS) else 1.0)
+    index = np.searchsorted(cuts[:-1], u.to_numpy(), side="right")
+    split = pd.Series(np.array(free, dtype=object)[index], index=manifest.index)
+    split[pinned.notna()] = pinned[pinned.notna()]
+    if pinned.notna().any():
+        given = pinned.value_counts()
+        messages.append(
+            "the tree's own split folders are kept (split.yaml folder_split): "
+            + ", ".join(f"{given[s]} {s}" for s in SPLITS if s in given)
+            + " image(s) from its folders; the rest is drawn over "
+            + ", ".join(free)
+        )
 
     active = 1 + (params.val > 0) + (params.test > 0)
     per_class = manifest["label"].value_counts()
     tiny = sorted(per_class.index[per_class < active])
     if tiny:
-        tiny_keys = set(keys[manifest["label"].isin(tiny)])
-        split[keys.isin(tiny_keys)] = "train"
+        tiny_keys = set(keys[manifest["label"].isin(tiny) & pinned.isna()])
+        split[keys.isin(tiny_keys) & pinned.isna()] = "train"
         messages.append(
             f"class(es) {tiny} have fewer images than the {active} splits "
             f"({', '.join(f'{c}: {per_class[c]}' for c in tiny)}): all their images are in "

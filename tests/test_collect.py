@@ -32,7 +32,7 @@ from tests.images import (
     write_image_folder,
 )
 from tests.processes import kill_when, start
-from tests.project import make_project
+from tests.project import make_project, sh
 
 # fast, small limits for the local server: 1 s per attempt, 1 retry after 0.05 s, 64 KiB cap
 LIMITS = ("--timeout", "1", "--retries", "1", "--backoff", "0.05", "--max-mb", "0.0625")
@@ -178,6 +178,36 @@ def test_demo_collect_reproduces_the_committed_data_version(tmp_path, prefect_se
     collected = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]
     assert collected["md5"] == committed["md5"]
     assert collected["nfiles"] == committed["nfiles"] == 602  # 600 images + labels + sources
+
+
+def test_a_tree_shipped_split_is_collected_by_label_and_keeps_its_test_split(
+    tmp_path, prefect_server
+):
+    source = tmp_path / "source"
+    write_image_folder(source / "train", per_class=8, classes=("cat", "dog"))
+    write_image_folder(source / "Test", per_class=3, seed=1, classes=("cat", "dog"))
+    (source / "train" / "notes.txt").write_text("a file beside the label folders")
+    project = make_project(tmp_path / "project")
+    lines = _collect_lines(project, "folder", str(source))
+    out = " ".join(lines)
+    assert "22 new" in out and "the tree is split into test, train folders" in out
+    assert _refusals(lines) == {f"{source}/train/notes.txt": "no_label"}
+    assert {p.split("/")[0] for p in _data_files(project) if "/" in p} == {"cat", "dog"}
+    sources = pd.read_csv(project / "data" / "sources.csv").set_index("path")
+    assert sources.loc["cat/Test__cat_1_000.jpg", "folder_split"] == "test"
+    assert sources.loc["dog/train__dog_0_007.png", "folder_split"] == "train"
+
+    sh("dvc", "repro", "split", cwd=project)
+    split = pd.read_parquet(project / "artifacts" / "split" / "split.parquet")
+    assert (split.loc[split["folder_split"] == "test", "split"] == "test").all()
+    assert set(split.loc[split["folder_split"] == "train", "split"]) <= {"train", "val"}
+
+    # labels that happen to be called train and test, holding their images, stay labels
+    plain = tmp_path / "plain"
+    write_image_folder(plain, per_class=2, classes=("train", "test"))
+    other = make_project(tmp_path / "other")
+    assert "4 new" in _collect(other, "folder", str(plain))
+    assert {p.split("/")[0] for p in _data_files(other) if "/" in p} == {"train", "test"}
 
 
 def test_folder_collect_errors_clearly(tmp_path, monkeypatch):

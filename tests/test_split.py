@@ -121,3 +121,41 @@ def test_a_single_fold_is_a_params_error(tmp_path):
     path.write_text("folds: 1\n")
     with pytest.raises(ParamsError, match=r"split.yaml: folds: folds must be 0"):
         load_params(SplitParams, path)
+
+
+def _shipped_split(layout: dict[str, int]) -> pd.DataFrame:
+    """A manifest collected from root/<split>/<label>/…: `layout` = images per class and folder."""
+    parts = []
+    for folder, n in layout.items():
+        part = _manifest(n, start=len(parts) * 1000)
+        parts.append(part.assign(folder_split=folder))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_a_tree_shipped_split_keeps_its_val_and_test_folders():
+    manifest = _shipped_split({"train": 200, "val": 20, "test": 30})
+    split = plan_splits(manifest, SplitParams()).frame
+    assert (split["split"] == split["folder_split"]).all()
+
+    # no val/ folder: validation is drawn from train/ only, at train:val, and test/ stays test
+    manifest = _shipped_split({"train": 400, "test": 30})
+    plan = plan_splits(manifest, SplitParams())
+    split = plan.frame
+    test_folder = split["folder_split"] == "test"
+    assert (split.loc[test_folder, "split"] == "test").all()
+    drawn = split.loc[~test_folder, "split"].astype(str).value_counts()
+    assert set(drawn.index) == {"train", "val"}
+    assert drawn["val"] / drawn.sum() == pytest.approx(0.15 / 0.85, abs=0.03)
+    assert any("90 test image(s) from its folders" in m for m in plan.messages)
+
+    # a train/ image keeps the split it drew before (stable as the tree's other folders grow)
+    first = split.set_index("path")["split"]
+    grown = pd.concat([manifest, _manifest(5, start=5000).assign(folder_split="test")])
+    again = plan_splits(grown, SplitParams()).frame.set_index("path")["split"]
+    assert again.loc[first.index].tolist() == first.tolist()
+
+    # folder_split: false (or a tree without split folders) draws every image as usual
+    off = plan_splits(manifest, SplitParams(folder_split=False)).frame
+    plain = plan_splits(manifest.drop(columns="folder_split"), SplitParams()).frame
+    assert off["split"].tolist() == plain["split"].tolist()
+    assert set(off.loc[test_folder, "split"].astype(str)) == {"train", "val", "test"}
