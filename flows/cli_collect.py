@@ -29,6 +29,12 @@ def print_collect(result: dict) -> None:
             "the folders inside them; split.yaml `folder_split` keeps its val and test images "
             "there"
         )
+    if result.get("wrapper"):
+        console.print(
+            f"note: everything is under one folder, {result['wrapper']}, so it is one label; "
+            "if it is the dataset's own folder, collect that folder instead (and --mirror "
+            "to drop this collect's copies)"
+        )
     if result["refused"]:
         table = Table(title="refused (not collected)")
         for column in ("source", "reason", "detail"):

@@ -42,6 +42,7 @@ from tasks.sources import (
     folder_items,
     manifest_items,
     url_list_items,
+    wrapper_folder,
 )
 
 SourceKind = Literal["demo", "folder", "manifest", "urls"]
@@ -161,6 +162,9 @@ def collect_flow(
         "since_last": changes,
         "by_class": changes_by_class(changes).to_dict(orient="records") if changes else [],
         "split_folders": sorted({s for i in items for c, s in i.extra if c == FOLDER_SPLIT}),
+        "wrapper": str(wrapped)
+        if source == "folder" and (wrapped := wrapper_folder(Path(location)))
+        else None,
     }
     log.info(
         "%d new, %d changed, %d unchanged, %d refused, %d removed",

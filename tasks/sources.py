@@ -226,6 +226,21 @@ def split_layout(top: list[Path]) -> dict[str, str] | None:
     return splits  # type: ignore[return-value]
 
 
+def wrapper_folder(root: Path) -> Path | None:
+    """The one folder under `root` when it holds nothing but two or more folders: most
+    likely the dataset's own folder (an unpacked archive), not a label."""
+    try:
+        top = [e for e in os.scandir(root) if not e.name.startswith(".")]
+        if len(top) != 1 or not top[0].is_dir():
+            return None
+        inner = [e for e in os.scandir(top[0].path) if not e.name.startswith(".")]
+    except OSError:
+        return None
+    if len(inner) >= 2 and all(e.is_dir() for e in inner):
+        return Path(top[0].path)
+    return None
+
+
 def folder_items(
     root: Path, max_bytes: int | None = None
 ) -> tuple[list[SourceItem], list[Refusal]]:

@@ -209,6 +209,16 @@ def test_a_tree_shipped_split_is_collected_by_label_and_keeps_its_test_split(
     assert "4 new" in _collect(other, "folder", str(plain))
     assert {p.split("/")[0] for p in _data_files(other) if "/" in p} == {"train", "test"}
 
+    # an unpacked archive: one folder holding the label folders is named, and --mirror of
+    # that folder leaves only its labels
+    write_image_folder(tmp_path / "archive" / "pets", per_class=2, classes=("cat", "dog"))
+    out = _collect(other, "folder", str(tmp_path / "archive"))
+    assert f"everything is under one folder, {tmp_path / 'archive' / 'pets'}" in out
+    assert "everything is under one folder" not in _collect(
+        other, "folder", str(tmp_path / "archive" / "pets"), "--mirror"
+    )
+    assert {p.split("/")[0] for p in _data_files(other) if "/" in p} == {"cat", "dog"}
+
 
 def test_folder_collect_errors_clearly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
