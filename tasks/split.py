@@ -124,8 +124,13 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
     cuts = np.cumsum(share) / (share.sum() if len(free) < len(SPLITS) else 1.0)
     index = np.searchsorted(cuts[:-1], u.to_numpy(), side="right")
     split = pd.Series(np.array(free, dtype=object)[index], index=manifest.index)
-    split[pinned.notna()] = pinned[pinned.notna()]
     if pinned.notna().any():
+        # a group (near-duplicates, group_by) follows its pinned images; the images
+        # themselves always keep their folder's split
+        by_key = pd.Series(pinned.to_numpy(), index=keys.to_numpy()).dropna()
+        group_pin = keys.map(by_key[~by_key.index.duplicated()])
+        split[group_pin.notna()] = group_pin[group_pin.notna()]
+        split[pinned.notna()] = pinned[pinned.notna()]
         given = pinned.value_counts()
         messages.append(
             "the tree's own split folders are kept (split.yaml folder_split): "
@@ -133,6 +138,12 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
             + " image(s) from its folders; the rest is drawn over "
             + ", ".join(free)
         )
+        apart = int((split.groupby(keys.to_numpy()).nunique() > 1).sum())
+        if apart:
+            messages.append(
+                f"{apart} group(s) of near-duplicate or grouped images are in more than one "
+                "of the tree's split folders, so they straddle splits: check for leakage"
+            )
 
     active = 1 + (params.val > 0) + (params.test > 0)
     per_class = manifest["label"].value_counts()

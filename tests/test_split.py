@@ -159,3 +159,24 @@ def test_a_tree_shipped_split_keeps_its_val_and_test_folders():
     plain = plan_splits(manifest.drop(columns="folder_split"), SplitParams()).frame
     assert off["split"].tolist() == plain["split"].tolist()
     assert set(off.loc[test_folder, "split"].astype(str)) == {"train", "val", "test"}
+
+
+def test_a_group_follows_its_pinned_images_and_a_split_group_is_named():
+    manifest = _shipped_split({"train": 60, "val": 10, "test": 10})
+    first_test = manifest.index[manifest["folder_split"] == "test"][0]
+    first_val = manifest.index[manifest["folder_split"] == "val"][0]
+    near = manifest.index[manifest["folder_split"] == "train"][:3]
+    manifest["dup_group"] = ""
+    # two train/ images near-duplicates of a test/ image; one more of a val/ and a test/ image
+    group = manifest.loc[first_test, "sha256"]
+    manifest.loc[[near[0], near[1], first_test], "dup_group"] = group
+    manifest.loc[[first_val, near[2]], "dup_group"] = manifest.loc[first_val, "sha256"]
+    plan = plan_splits(manifest, SplitParams())
+    split = plan.frame["split"].astype(str)
+    assert split[near[0]] == split[near[1]] == "test" and split[near[2]] == "val"
+    assert not any("straddle" in m for m in plan.messages)
+
+    manifest.loc[first_val, "dup_group"] = group  # now one group in val/ and test/
+    plan = plan_splits(manifest, SplitParams())
+    assert plan.frame.loc[first_val, "split"] == "val"
+    assert any(m.startswith("1 group(s)") and "straddle" in m for m in plan.messages)
