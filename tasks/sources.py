@@ -385,11 +385,18 @@ def manifest_items(
 ) -> tuple[list[SourceItem], list[Refusal]]:
     """Rows of a manifest with `label` and `path` and/or `url`; other columns ride along.
 
+    A `split` column (train/val/test, or the names split_layout knows) is the dataset's own
+    split: it is recorded as `folder_split`, as for a tree shipped split.
+
     Relative paths resolve against the manifest's folder, which is also the root
     that no path may leave.
     """
     names, rows = read_table(path)
     shown = printable(str(path))
+    if "split" in names and FOLDER_SPLIT not in names:  # the dataset's own split, as a tree's
+        names = [FOLDER_SPLIT if c == "split" else c for c in names]
+        for row in rows:
+            row[FOLDER_SPLIT] = SPLIT_FOLDERS.get(row.pop("split").strip().lower(), "")
     columns = set(names)
     if "label" not in columns or not columns & {"path", "url"}:
         raise SourceError(

@@ -394,10 +394,15 @@ def test_manifest_readers(tmp_path):
         pd.DataFrame(columns=bad_columns).to_csv(root / "bad.csv", index=False)
         with pytest.raises(SourceError, match="needs a 'label' column and a 'path' or 'url'"):
             manifest_items(root / "bad.csv")
-    pd.DataFrame(columns=["path", "label", "split"]).to_csv(root / "bad.csv", index=False)
-    assert "split" in RESERVED_COLUMNS
-    with pytest.raises(SourceError, match=r"\['split'\] are reserved"):
+    pd.DataFrame(columns=["path", "label", "fold"]).to_csv(root / "bad.csv", index=False)
+    assert "fold" in RESERVED_COLUMNS
+    with pytest.raises(SourceError, match=r"\['fold'\] are reserved"):
         manifest_items(root / "bad.csv")
+    # the dataset's own split column is read as a tree's split folders are
+    split = frame.assign(split=["Train", "valid", "TEST", "holdout"] + [""] * (len(frame) - 4))
+    split.to_csv(root / "split.csv", index=False)
+    items, _ = manifest_items(root / "split.csv")
+    assert [dict(i.extra)["folder_split"] for i in items] == ["train", "val", "test", ""]
     (root / "urls.txt").write_text("https://a.example/x.png\thello world\nhttp://b.example/y\n")
     items, refused = url_list_items(root / "urls.txt")
     assert [(i.label, i.url) for i in items] == [("hello world", "https://a.example/x.png")]
