@@ -140,10 +140,6 @@ class LoadedModel:
         return list(self.meta["classes"])
 
     @property
-    def labels(self) -> list[str]:
-        return class_labels(self.meta)
-
-    @property
     def clean(self) -> CleanParams:
         """The clean stage's decoding settings the model was trained with (raw files)."""
         return CleanParams.model_validate_json(self.meta["clean"])

@@ -165,7 +165,7 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
             f"({counts.loc[empty_train, 'total'].tolist()} image(s) in all, none drawn for "
             "train): add images, or raise split.yaml `train`"
         )
-    if params.test > 0 and counts["test"].sum() == 0:
+    if counts["test"].sum() == 0:  # split.yaml requires test > 0
         raise SplitError(
             f"no image drew the test split ({len(manifest)} image(s) in all; a class with "
             f"fewer than {active} images goes to train whole), so nothing could be "
