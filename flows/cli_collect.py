@@ -145,12 +145,16 @@ def collect_demo(
 
 @collect_app.command("folder")
 def collect_folder(
-    path: Path = typer.Argument(..., help="an ImageFolder tree: PATH/<label>/<image>"),
+    path: Path = typer.Argument(
+        ..., help="an ImageFolder tree: PATH/<label>/<image> or PATH/train|val|test/<label>/<image>"
+    ),
     max_mb: float = DOWNLOAD_OPTIONS["max_mb"][1],
     mirror: bool = MIRROR,
 ) -> None:
     """Copy an ImageFolder tree (one sub-folder per label) into data/.
 
+    A tree shipped split (train/, val/, test/ folders holding the label folders)
+    keeps its val and test images in those splits (split.yaml folder_split).
     Files over --max-mb, FIFOs, sockets, devices, broken or looping links are
     refused with a reason and never read; the rest is collected.
     """
