@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.report import Result, stopwatch, write_markdown
 
 NAMES = (
+    "decode",
     "data_loading",
     "train_loop",
     "gpu",
@@ -58,6 +59,10 @@ def run(
                 rows += orchestration.measure(project)
             if "incremental" in names:
                 rows += incremental.measure(project)
+    if "decode" in names:
+        from benchmarks import decode
+
+        rows += decode.run()
     if "data_loading" in names:
         rows += data_loading.run()
         rows += data_loading.per_core()

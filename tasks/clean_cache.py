@@ -80,10 +80,15 @@ def process(
 ) -> tuple[CacheEntry, np.ndarray | None]:
     """Decode one content: its cache entry and, when usable, the pixels to cache (HWC uint8)."""
     try:
-        decoded = decode(raw, tuple(params.background), params.max_pixels)  # type: ignore[arg-type]
+        decoded = decode(
+            raw,
+            tuple(params.background),  # type: ignore[arg-type]
+            params.max_pixels,
+            params.max_side,
+        )
     except RejectedImage as exc:
         return CacheEntry(sha256, key, exc.reason, exc.detail), None
-    width, height = decoded.image.size
+    width, height = decoded.size
     img = prepare(decoded, params.max_side)
     entry = CacheEntry(
         sha256, key, width=width, height=height, mode=decoded.mode, phash=str(imagehash.phash(img))

@@ -48,7 +48,7 @@ def list_images(target: Path) -> Listing:
 
 def image_tensor(path: Path, clean: CleanParams, pipeline: A.Compose) -> torch.Tensor:
     """One raw image as the model's input tensor (CHW), decoded exactly as in training."""
-    decoded = decode(path.read_bytes(), clean.background, clean.max_pixels)
+    decoded = decode(path.read_bytes(), clean.background, clean.max_pixels, clean.max_side)
     image = prepare(decoded, clean.max_side)
     return pipeline(image=np.asarray(image))["image"]
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from params import CleanParams
-from tasks.clean import clean_dataset, hash_files, list_raw_images
-from tasks.clean_cache import CACHE_INDEX
+from tasks.clean import clean_dataset, clean_one, hash_files, list_raw_images
+from tasks.clean_cache import CACHE_INDEX, prepare
 from tasks.clean_manifest import class_table, imbalance_warning, write_manifest
 from tasks.clean_rules import REASONS
 from tasks.decode import RejectedImage, decode
@@ -323,3 +323,29 @@ def test_files_that_vanish_or_change_kind_before_hashing(tmp_path):
         (listed[1], "not_a_file"),
     ]
     assert list(digests) == [listed[2]]
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_like_a_full_decode():
+    """A phone-sized photo: the DCT-domain reduction gives the cache nearly the pixels of a
+    full decode, the recorded size stays the upright full size, and truncation still fails."""
+    from skimage import data as samples
+
+    photo = Image.fromarray(samples.astronaut()).resize((2000, 1500), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° CW: upright it is 1500 × 2000
+    raw = image_bytes(photo, "JPEG", quality=90, exif=exif)
+    params = CleanParams()
+    reduced = decode(raw, (255, 255, 255), params.max_pixels, params.max_side)
+    full = decode(raw, (255, 255, 255), params.max_pixels)
+    assert reduced.size == full.size == full.image.size == (1500, 2000)
+    assert max(reduced.image.size) < max(full.image.size) / 2  # it was reduced
+    assert min(reduced.image.size) >= 2 * params.max_side
+    small, large = (np.asarray(prepare(d, params.max_side), dtype=float) for d in (reduced, full))
+    assert small.shape == large.shape == (params.max_side, params.max_side * 3 // 4, 3)
+    assert np.abs(small - large).mean() < 2  # of 255
+
+    image, size = clean_one(raw, params)
+    assert size == (1500, 2000) and image.size == (96, 128)
+    with pytest.raises(RejectedImage) as err:
+        decode(raw[: len(raw) // 2], (255, 255, 255), params.max_pixels, params.max_side)
+    assert err.value.reason == "corrupt"
