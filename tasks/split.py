@@ -129,6 +129,7 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
         # themselves always keep their folder's split
         by_key = pd.Series(pinned.to_numpy(), index=keys.to_numpy()).dropna()
         group_pin = keys.map(by_key[~by_key.index.duplicated()])
+        followed = int((group_pin.notna() & pinned.isna()).sum())
         split[group_pin.notna()] = group_pin[group_pin.notna()]
         split[pinned.notna()] = pinned[pinned.notna()]
         given = pinned.value_counts()
@@ -137,6 +138,11 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
             + ", ".join(f"{given[s]} {s}" for s in SPLITS if s in given)
             + " image(s) from its folders; the rest is drawn over "
             + ", ".join(free)
+            + (
+                f"; {followed} other image(s) went with a near-duplicate or group member there"
+                if followed
+                else ""
+            )
         )
         apart = int((split.groupby(keys.to_numpy()).nunique() > 1).sum())
         if apart:

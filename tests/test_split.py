@@ -175,6 +175,7 @@ def test_a_group_follows_its_pinned_images_and_a_split_group_is_named():
     split = plan.frame["split"].astype(str)
     assert split[near[0]] == split[near[1]] == "test" and split[near[2]] == "val"
     assert not any("straddle" in m for m in plan.messages)
+    assert any("3 other image(s) went with a near-duplicate" in m for m in plan.messages)
 
     manifest.loc[first_val, "dup_group"] = group  # now one group in val/ and test/
     plan = plan_splits(manifest, SplitParams())
