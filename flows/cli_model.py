@@ -28,7 +28,11 @@ def _model_file(project: Project, model: Path | None) -> Path:
 def predict(
     target: Path = typer.Argument(..., help="an image file or a folder of images (recursive)"),
     top_k: int = typer.Option(3, "--top-k", min=1, help="classes listed per image"),
-    model: Path | None = typer.Option(None, help="model file (default artifacts/train/model.pt)"),
+    model: Path | None = typer.Option(
+        None,
+        help="a model.pt (default artifacts/train/model.pt, or a registry version) or an "
+        "exported .onnx / .ts file",
+    ),
     csv: Path | None = typer.Option(
         None, help="where to write the CSV (default artifacts/predict/predictions.csv)"
     ),
@@ -37,6 +41,7 @@ def predict(
     from rich.progress import Progress
 
     from tasks.files import write_csv
+    from tasks.inference import ModelFormatError
     from tasks.predict import list_images, predict_images
 
     project = current_project()
@@ -54,14 +59,17 @@ def predict(
         fail(f"no image files under {target}")
     with Progress(console=err, transient=True, disable=len(paths) <= BATCH) as progress:
         task = progress.add_task("predict", total=len(paths))
-        frame = predict_images(
-            model_pt,
-            paths,
-            top_k=top_k,
-            batch_size=BATCH,
-            on_batch=lambda n: progress.advance(task, n),
-            root=target if target.is_dir() else target.parent,
-        )
+        try:
+            frame = predict_images(
+                model_pt,
+                paths,
+                top_k=top_k,
+                batch_size=BATCH,
+                on_batch=lambda n: progress.advance(task, n),
+                root=target if target.is_dir() else target.parent,
+            )
+        except ModelFormatError as exc:
+            fail(str(exc), 1)
     out = csv or project.artifacts("predict") / "predictions.csv"
     write_csv(frame, out)
     table = Table(title=f"predictions ({model_pt.name})")
@@ -112,33 +120,85 @@ class ExportFormat(StrEnum):
     torchscript = "torchscript"
 
 
+class Quantize(StrEnum):
+    int8 = "int8"
+    fp16 = "fp16"
+
+
 @model_app.command()
 def export(
     format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or torchscript"),
     model: Path | None = typer.Option(None, help="model file (default artifacts/train/model.pt)"),
     out: Path | None = typer.Option(None, help="output file (default artifacts/export/model.*)"),
+    pixels: bool = typer.Option(
+        True,
+        "--pixels/--float-input",
+        help="the graph takes uint8 RGB pixels (N, H, W, 3) and normalises them itself, or a "
+        "normalised float batch (N, 3, H, W)",
+    ),
+    quantize: Quantize | None = typer.Option(
+        None,
+        help="also write model.int8.onnx (static INT8, for CPUs) or model.fp16.onnx (for GPUs), "
+        "kept only if it passes the accuracy gate on the test split (ONNX only)",
+    ),
+    calibration: int = typer.Option(300, min=1, help="train images that calibrate INT8"),
+    min_agreement: float = typer.Option(
+        99.0, min=0.0, help="gate: % of test images whose top-1 must match the PyTorch model's"
+    ),
+    max_drop: float = typer.Option(
+        1.0, min=0.0, help="gate: accuracy points the quantized file may lose"
+    ),
     atol: float = typer.Option(1e-4, help="largest |logit difference| the parity check accepts"),
 ) -> None:
-    """Export the model to ONNX or TorchScript and check it gives the same outputs."""
-    from flows.export import export_flow
+    """Export the model to ONNX or TorchScript, checked against the PyTorch model; optionally
+    an INT8 or fp16 ONNX file behind an accuracy gate."""
+    from flows.export import ExportDataError, export_flow
     from tasks.export import ExportParityError
+    from tasks.inference import ModelFormatError
+    from tasks.quantize import GateError
 
     project = current_project()
     model_pt = _model_file(project, model)
+    if quantize is not None and format is not ExportFormat.onnx:
+        fail("--quantize needs --format onnx (INT8 and fp16 are ONNX files)")
     try:
-        dest, parity, meta = export_flow(
-            str(model_pt), format.value, str(out) if out else None, atol, str(project.root)
+        result = export_flow(
+            str(model_pt),
+            format.value,
+            str(out) if out else None,
+            atol,
+            str(project.root),
+            pixels=pixels,
+            quantize=quantize.value if quantize else None,
+            calibration=calibration,
+            min_agreement=min_agreement / 100,
+            max_drop=max_drop / 100,
         )
-    except ExportParityError as exc:
+    except (ExportParityError, GateError, ExportDataError, ModelFormatError) as exc:
         fail(str(exc), 1)
+    meta, size, parity = result.meta, result.meta["image_size"], result.parity
     console.print(
-        f"exported {dest} ({format.value}); parity on {parity.n_inputs} inputs: max |Δlogit| "
-        f"{parity.max_abs_diff:.2e} ≤ {atol:.0e}, same top-1 for all"
+        f"exported {result.path} ({format.value}, {_mb(result.path)}); parity on "
+        f"{parity.n_inputs} images: max |Δlogit| {parity.max_abs_diff:.2e} ≤ {atol:.0e}, "
+        "same top-1 for all"
     )
-    console.print(
-        f"input: float32 (N, 3, {meta['image_size']}, {meta['image_size']}), RGB, "
-        f"normalised with mean {meta['mean']} and std {meta['std']}; classes {meta['classes']}"
+    shape = (
+        f"uint8 RGB pixels (N, {size}, {size}, 3), resized as the metadata's `resize` says"
+        if pixels
+        else f"float32 (N, 3, {size}, {size}), RGB, normalised with mean {meta['mean']} and "
+        f"std {meta['std']}"
     )
+    console.print(f"input: {shape}; outputs: logits, probabilities; classes {meta['classes']}")
+    if result.quantized is not None and result.gate is not None:
+        ratio = result.quantized.stat().st_size / result.path.stat().st_size
+        console.print(
+            f"{quantize}: {result.quantized} ({_mb(result.quantized)}, {ratio:.2f}× the fp32 "
+            f"file); {result.gate.describe()}"  # type: ignore[attr-defined]
+        )
+
+
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
 
 
 @model_app.command()

@@ -21,7 +21,8 @@ from PIL import Image
 from params import CleanParams
 from tasks.clean_cache import prepare
 from tasks.decode import RejectedImage, decode
-from tasks.inference import LoadedModel, class_labels
+from tasks.inference import class_labels
+from tasks.runtime import open_model
 
 
 @dataclass
@@ -47,23 +48,27 @@ def list_images(target: Path) -> Listing:
 
 
 def image_tensor(path: Path, clean: CleanParams, pipeline: A.Compose) -> torch.Tensor:
-    """One raw image as the model's input tensor (CHW), decoded exactly as in training."""
+    """One raw image as the model's input, decoded exactly as in training: a float CHW tensor
+    (model.pt, float-in exports) or uint8 HWC pixels (pixels-in exports)."""
     decoded = decode(path.read_bytes(), clean.background, clean.max_pixels, clean.max_side)
     image = prepare(decoded, clean.max_side)
-    return pipeline(image=np.asarray(image))["image"]
+    out = pipeline(image=np.asarray(image))["image"]
+    return (
+        out if isinstance(out, torch.Tensor) else torch.from_numpy(np.array(out))
+    )  # a copy: writable
 
 
 def predict_files(
     model_file: Path,
     paths: list[Path],
-    device: str = "cpu",
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, dict[int, str], dict]:
     """(probabilities, errors, metadata) of raw image files, decoded with the model's clean
     params: an unreadable file has a NaN row and its reason in errors[its index].
-    `on_batch(n)` hears of every n files read (a progress bar)."""
-    model = LoadedModel.load(model_file, device)
+    `model_file`: a model.pt or an export (tasks/runtime.py). `on_batch(n)` hears of every
+    n files read (a progress bar)."""
+    model = open_model(model_file)
     clean = model.clean
     errors: dict[int, str] = {}
 

@@ -8,6 +8,7 @@ import json
 import pickle
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,17 +16,17 @@ from safetensors.torch import save_file
 
 from params import AugmentParams, ParamsError, TrainParams, load_params
 from tasks.augment import build_pipelines
-from tasks.dataset import CachedImages
 from tasks.export import export_model
 from tasks.inference import LoadedModel
 from tasks.model import LITES, ModelError, build_classifier, data_config, preprocessing
 from tasks.optim import param_groups, stage_lrs
 from tasks.predict import image_tensor, predict_images
+from tasks.runtime import pixel_pipeline
 from tasks.train import MODEL, fit, load_model
 from tasks.zoo import offline_models
 from tests.images import write_image_folder
 from tests.project import TINY_PARAMS, make_project, sh
-from tests.training import tiny_train_data
+from tests.training import split_pixels_of, tiny_train_data
 
 TIMM_TINY = "timm/test_resnet"  # timm's own tiny test architecture (~0.4 M parameters)
 
@@ -156,9 +157,9 @@ def test_timm_model_trains_predicts_and_exports(timm_trained, tmp_path):
     paths = [root / "data" / rel for rel in test["path"]]
     frame = predict_images(model_pt, paths, top_k=2)
     assert (frame["error"] == "").all() and set(frame["predicted"]) <= set(data.classes)
-    dataset = CachedImages(test, data.clean_dir, data.eval_pipeline, meta["classes"])
-    inputs = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    parity = export_model(net, meta, "onnx", tmp_path / "model.onnx", inputs)
+    parity = export_model(
+        net, meta, "onnx", tmp_path / "model.onnx", split_pixels_of(data, meta["classes"])
+    )
     assert parity.same_argmax and parity.max_abs_diff <= 1e-4
     import onnx
 
@@ -211,8 +212,8 @@ def test_hub_model_offline_through_the_pipeline(tmp_path, monkeypatch, prefect_s
     frame = predict_images(model_pt, images, top_k=2)
     assert (frame["error"] == "").all() and set(frame["predicted"]) <= set(meta["classes"])
     loaded = LoadedModel.load(model_pt)
-    inputs = torch.stack([image_tensor(p, loaded.clean, loaded.pipeline) for p in images])
-    assert export_model(net, meta, "onnx", tmp_path / "model.onnx", inputs).same_argmax
+    pixels = np.stack([image_tensor(p, loaded.clean, pixel_pipeline(meta)).numpy() for p in images])
+    assert export_model(net, meta, "onnx", tmp_path / "model.onnx", pixels).same_argmax
     # `visiontune models` lists the cached repo offline; an uncached one is a one-line error
     assert "hf-hub:acme/tiny" in [e.model for e in offline_models(cache)]
     missing = sh("visiontune", "models", "hf-hub:acme/absent", cwd=project, check=False)

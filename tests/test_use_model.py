@@ -1,8 +1,11 @@
 """Using a trained model without the project: predict on raw images, export with parity."""
 
-import json
+import os
+import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,11 +13,13 @@ from PIL import Image
 
 from params import TrainParams
 from tasks.dataset import CachedImages, make_loader
-from tasks.export import ExportParityError, check_parity, export_model
+from tasks.export import SUFFIX, ExportParityError, check_parity, export_model, metadata, normalised
 from tasks.predict import folder_classes, list_images, predict_images
+from tasks.quantize import export_fp16, gate, quantize_int8, quantized_path
+from tasks.runtime import open_model
 from tasks.train import MODEL, fit, load_model, predict_logits
 from tests.images import truncated_png
-from tests.training import tiny_train_data
+from tests.training import split_pixels_of, tiny_train_data
 
 
 @pytest.fixture(scope="module")
@@ -98,31 +103,40 @@ def test_predict_command_prints_and_writes_csv(trained, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_export_gives_the_same_outputs(trained, tmp_path, fmt):
+def test_export_takes_pixels_and_gives_the_same_outputs(trained, tmp_path, fmt):
     _, data, model_pt = trained
     net, meta = load_model(model_pt)
-    test = data.part("test")
-    dataset = CachedImages(test, data.clean_dir, data.eval_pipeline, meta["classes"])
-    inputs = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    out = tmp_path / f"model.{fmt}"
-    parity = export_model(net, meta, fmt, out, inputs)
-    assert parity.same_argmax and parity.max_abs_diff <= 1e-4 and parity.n_inputs == len(test)
+    pixels = split_pixels_of(data, meta["classes"])  # uint8 (N, 32, 32, 3)
+    out = tmp_path / f"model{SUFFIX[fmt]}"
+    parity = export_model(net, meta, fmt, out, pixels)
+    assert parity.same_argmax and parity.max_abs_diff <= 1e-4 and parity.n_inputs == len(pixels)
+    # the file alone: pixels in, logits and probabilities out, what an app needs in its metadata
+    exported = open_model(out)
+    logits, probs = exported.run(pixels)
+    dataset = CachedImages(data.part("test"), data.clean_dir, data.eval_pipeline, meta["classes"])
+    with torch.no_grad():
+        expected = net(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+    assert np.abs(logits - expected.numpy()).max() <= 1e-4
+    assert np.abs(probs - expected.softmax(1).numpy()).max() <= 1e-5
+    assert exported.meta["classes"] == data.classes and exported.meta["image_size"] == 32
+    assert exported.meta["input"] == {
+        "name": "pixels",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "channels": "RGB",
+    }
+    steps = [s["op"] for s in exported.meta["resize"]["steps"]]
+    assert steps == ["SmallestMaxSize", "CenterCrop"] and exported.meta["thresholds"] is None
     if fmt == "onnx":
         import onnx
 
-        props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-        assert json.loads(props["classes"]) == data.classes
         batch_dim = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0]
         assert batch_dim.dim_param  # any batch size
-    else:
-        files = {"meta.json": ""}
-        torch.jit.load(str(out), _extra_files=files)
-        assert json.loads(json.loads(files["meta.json"])["image_size"]) == 32
     # the check catches a model that differs: compare against another network
     other, _ = load_model(model_pt)
     with torch.no_grad():
         other.get_submodule("_fc").weight.add_(1.0)
-    assert not check_parity(other, out, fmt, inputs).ok(1e-4)
+    assert not check_parity(other, out, fmt, pixels, meta).ok(1e-4)
     # a failed check removes the file and raises (no tolerance passes; a tiny net exports fast)
     tiny = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3),
@@ -131,8 +145,140 @@ def test_export_gives_the_same_outputs(trained, tmp_path, fmt):
         torch.nn.Linear(4, len(data.classes)),
     )
     with pytest.raises(ExportParityError, match="differs"):
-        export_model(tiny, meta, fmt, tmp_path / f"bad.{fmt}", inputs, atol=-1.0)
+        export_model(tiny, meta, fmt, tmp_path / f"bad.{fmt}", pixels, atol=-1.0)
     assert not (tmp_path / f"bad.{fmt}").exists()
+
+
+def test_a_float_input_export_takes_the_normalised_batch(trained, tmp_path):
+    _, data, model_pt = trained
+    net, meta = load_model(model_pt)
+    pixels = split_pixels_of(data, meta["classes"])
+    out = tmp_path / "float.onnx"
+    assert export_model(net, meta, "onnx", out, pixels, pixels_in=False).ok(1e-4)
+    exported = open_model(out)
+    assert exported.meta["input"]["layout"] == "NCHW" and not exported.pixels_in
+    paths = [data.clean_dir.parent / "data" / rel for rel in data.part("test")["path"]]
+    assert predict_images(out, paths)["predicted"].tolist() == (
+        predict_images(model_pt, paths)["predicted"].tolist()
+    )
+
+
+def test_int8_export_passes_the_gate_and_predicts_like_the_model(trained, tmp_path):
+    _, data, model_pt = trained
+    net, meta = load_model(model_pt)
+    fp32 = tmp_path / "model.onnx"
+    export_model(net, meta, "onnx", fp32, split_pixels_of(data, meta["classes"]))
+    int8 = quantized_path(fp32, "int8")
+    calibration = split_pixels_of(data, meta["classes"], "train")
+    quantize_int8(fp32, int8, calibration, metadata(meta, True, "int8"))
+    assert int8.name == "model.int8.onnx" and int8.stat().st_size < 0.35 * fp32.stat().st_size
+    exported = open_model(int8)
+    assert exported.meta["precision"] == "int8"
+    targets = np.asarray(
+        CachedImages(data.part("test"), data.clean_dir, data.eval_pipeline, meta["classes"]).targets
+    )
+    pixels = split_pixels_of(data, meta["classes"])
+    checked = gate(net, exported, [(pixels, targets)], meta, "int8")
+    assert checked.n_images == len(pixels) and checked.ok(0.99, 0.01), checked
+    assert not checked.ok(1.001, 0.01)  # agreement above 100% refuses
+    # predict through the INT8 file: the same top-1 as model.pt on the raw files
+    paths = [data.clean_dir.parent / "data" / rel for rel in data.part("test")["path"]]
+    got, want = predict_images(int8, paths), predict_images(model_pt, paths)
+    assert (got["predicted"] == want["predicted"]).mean() >= 0.99
+    assert np.abs(got["confidence"] - want["confidence"]).max() < 0.05
+
+
+def test_fp16_export_keeps_pixels_in_and_float32_out(trained, tmp_path):
+    _, data, model_pt = trained
+    net, meta = load_model(model_pt)
+    fp32 = tmp_path / "model.onnx"
+    pixels = split_pixels_of(data, meta["classes"])
+    export_model(net, meta, "onnx", fp32, pixels)
+    fp16 = export_fp16(net, meta, quantized_path(fp32, "fp16"), pixels[:2])
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+    logits, probs = open_model(fp16).run(pixels)
+    assert logits.dtype == np.float32 and probs.dtype == np.float32
+    with torch.no_grad():
+        expected = net(normalised(pixels, meta)).numpy()
+    assert np.abs(logits - expected).max() < 0.05 and (logits.argmax(1) == expected.argmax(1)).all()
+
+
+def test_files_that_are_not_models_are_refused_in_one_line(trained, tmp_path):
+    import onnx
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.inference import ModelFormatError
+
+    root, data, _ = trained
+    image = root / "data" / data.part("test")["path"].iloc[0]
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    (tmp_path / "junk.ts").write_bytes(b"not a model")
+    (tmp_path / "model.h5").write_bytes(b"keras?")
+    foreign = tmp_path / "foreign.onnx"  # an ONNX file of another tool: no visiontune metadata
+    onnx.save(
+        onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [onnx.helper.make_node("Identity", ["x"], ["y"])],
+                "g",
+                [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+            )
+        ),
+        str(foreign),
+    )
+    for name, says in [
+        ("junk.onnx", "not an ONNX model"),
+        ("junk.pt", "not a model.pt"),
+        ("junk.ts", "not a TorchScript model"),
+        ("model.h5", "unknown model format '.h5'"),
+        ("foreign.onnx", "not a visiontune export (no classes"),
+    ]:
+        with pytest.raises(ModelFormatError, match=re.escape(says)):
+            open_model(tmp_path / name)
+        result = CliRunner().invoke(app, ["predict", str(image), "--model", str(tmp_path / name)])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        lines = result.output.strip().splitlines()
+        assert lines[0].startswith("error: ") and says.split("'")[0] in " ".join(lines), lines
+
+
+def test_the_readme_snippet_runs_an_export_without_visiontune(trained, tmp_path):
+    """The deployment page's onnxruntime + Pillow snippet, run as its own process on raw files."""
+    import subprocess
+    import sys
+
+    root, data, model_pt = trained
+    net, meta = load_model(model_pt)
+    export_model(net, meta, "onnx", tmp_path / "model.onnx", split_pixels_of(data, meta["classes"]))
+    snippet = onnx_snippet()
+    assert snippet in (Path(__file__).parents[1] / "README.md").read_text()
+    assert len([line for line in snippet.splitlines() if line.strip()]) <= 15
+    assert "visiontune" not in snippet
+    script = tmp_path / "app.py"
+    script.write_text(snippet)
+    paths = [root / "data" / rel for rel in data.part("test")["path"]]
+    expected = predict_images(tmp_path / "model.onnx", paths).set_index("path")
+    agree = 0
+    for path in paths:
+        out = subprocess.run(
+            [sys.executable, str(script), str(path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PATH": os.environ["PATH"], "OMP_NUM_THREADS": "1"},
+        ).stdout.split()
+        label, p = " ".join(out[:-1]), float(out[-1])
+        agree += label == expected.loc[str(path), "predicted"]
+        assert 0 < p <= 1
+    assert agree >= 0.9 * len(paths)
+
+
+def onnx_snippet() -> str:
+    """The first python block of docs/deployment.md."""
+    text = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_a_model_file_of_another_format_is_refused_in_one_line(trained, tmp_path):

@@ -13,6 +13,7 @@ import pandas as pd
 from params import AugmentParams, CleanParams, SplitParams, TrainParams
 from tasks.augment import build_pipelines, load_pipeline, save_pipeline
 from tasks.clean import clean_dataset
+from tasks.dataset import CachedImages
 from tasks.model import LITE0, preprocessing
 from tasks.train import TrainData
 from tests.images import write_image_folder
@@ -59,3 +60,12 @@ def load_inputs(folder: Path) -> tuple[TrainData, TrainParams]:
         clean=CLEAN,
     )
     return data, TrainParams.model_validate_json((folder / "params.json").read_text())
+
+
+def split_pixels_of(data: TrainData, classes: list[str], part: str = "test"):
+    """A split's images as an export's pixels-in graph takes them: uint8 (N, H, W, 3) after the
+    eval pipeline's resize and crop (its normalisation left to the graph)."""
+    import numpy as np
+
+    dataset = CachedImages(data.part(part), data.clean_dir, data.eval_pipeline, classes)
+    return np.stack([dataset.uint8(i).permute(1, 2, 0).numpy() for i in range(len(dataset))])
