@@ -51,7 +51,7 @@ class Gate:
         return (
             f"agreement with PyTorch {self.agreement:.2%} on {self.n_images} test images, "
             f"accuracy {self.accuracy:.3f} vs {self.reference_accuracy:.3f} "
-            f"({-self.drop * 100:+.1f} points)"
+            f"({(self.accuracy - self.reference_accuracy) * 100:+.1f} points)"
         )
 
 

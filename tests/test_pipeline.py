@@ -128,11 +128,28 @@ def test_use_the_trained_model_from_the_cli(ran_project):
     meta = torch.load(project / "artifacts" / "train" / "model.pt", weights_only=True)
     assert meta["classes"] == ["circle", "square", "triangle_shapes"]
     assert meta["labels"] == ["circle", "square", "Triangle Shapes"]
-    exported = _ok(_cli(project, "export", "--format", "onnx"))
-    assert "same top-1 for all" in exported
-    onnx_meta = onnx.load(project / "artifacts" / "export" / "model.onnx").metadata_props
+    exported = " ".join(
+        _ok(_cli(project, "export", "--format", "onnx", "--quantize", "int8")).split()
+    )
+    assert "same top-1 for all" in exported and "input: uint8 RGB pixels" in exported
+    export = project / "artifacts" / "export"
+    onnx_meta = onnx.load(export / "model.onnx").metadata_props
     assert json.loads({p.key: p.value for p in onnx_meta}["labels"])[2] == "Triangle Shapes"
-    assert (project / "artifacts" / "export" / "model.onnx").stat().st_size > 0
+    assert "int8: " in exported and "agreement with PyTorch" in exported
+    # the INT8 file predicts through the same command, same table and CSV
+    int8 = " ".join(
+        _ok(_cli(project, "predict", "data", "--model", str(export / "model.int8.onnx"))).split()
+    )
+    quantized = pd.read_csv(project / "artifacts" / "predict" / "predictions.csv")
+    assert "43 image(s), 1 unreadable" in int8 and "model.int8.onnx" in int8
+    assert (quantized["predicted"] == rows["predicted"]).mean() >= 0.9
+    # a gate that cannot pass: the file is removed, one error line with both numbers
+    refused = _cli(project, "export", "--quantize", "int8", "--min-agreement", "100.1")
+    assert refused.exit_code == 1 and not (export / "model.int8.onnx").exists()
+    assert "int8 export refused and removed: agreement with PyTorch" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    wrong = _cli(project, "export", "--format", "torchscript", "--quantize", "int8")
+    assert wrong.exit_code == 2 and "--quantize needs --format onnx" in wrong.stderr
     found = _ok(_cli(project, "lr-find", "--steps", "12"))
     assert "suggested lr" in found
     assert (project / "artifacts" / "lr_find" / "lr_find.png").stat().st_size > 0
