@@ -28,6 +28,7 @@ NAMES = (
     "scaling",
     "scale",
     "recipe",
+    "export",
 )
 
 
@@ -76,6 +77,10 @@ def run(
         from benchmarks import scale
 
         rows += scale.run(scale_sizes)
+    if "export" in names:
+        from benchmarks import export
+
+        rows += export.run()
     if "recipe" in names:
         from benchmarks import recipe
 
