@@ -317,3 +317,22 @@ def test_the_folders_of_a_held_out_tree_name_the_classes(tmp_path):
     # the folder the user named may itself be a class; folders above it never count
     assert folder_classes([root / "pug" / "h.png"], root / "pug", meta) == ["pug"]
     assert folder_classes([tmp_path / "pug" / "x" / "i.png"], tmp_path / "pug" / "x", meta) == [""]
+
+
+def test_a_model_whose_classes_are_not_the_datas_is_refused(trained, tmp_path):
+    """Checking an export on another project's split: one clear error, not a wrong gate."""
+    from flows.export import ExportDataError, parity_pixels, split_pixels
+    from flows.project import Project
+    from tasks.inference import LoadedModel
+
+    _, data, model_pt = trained
+    project = Project(tmp_path)
+    (tmp_path / "artifacts" / "split").mkdir(parents=True)
+    (tmp_path / "artifacts" / "clean").symlink_to(data.clean_dir)
+    loaded = LoadedModel.load(model_pt)
+    data.split.to_parquet(tmp_path / "artifacts" / "split" / "split.parquet")
+    assert parity_pixels(project, loaded).shape == (len(data.part("test")), 32, 32, 3)
+    other = data.split.assign(label=data.split["label"].replace({"circle": "ellipse"}))
+    other.to_parquet(tmp_path / "artifacts" / "split" / "split.parquet")
+    with pytest.raises(ExportDataError, match="the test split has ellipse, which the model"):
+        list(split_pixels(project, loaded, "test"))
