@@ -22,7 +22,7 @@ from flows.cli_common import (
 from flows.cli_model import model_app
 from flows.cli_server import schedule_app, server_app
 from flows.project import Project
-from flows.project.environment import configure
+from flows.project.environment import configure, ensure_server
 from flows.stages import STAGES
 
 app = typer.Typer(
@@ -49,11 +49,17 @@ def _setup() -> None:
 @app.command()
 def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> None:  # type: ignore[valid-type]
     """Run one stage's flow now (the cmd of each dvc.yaml stage; `dvc repro` calls this)."""
+    project = current_project()
+    validated(project)
+    # before Prefect is imported (it reads its API URL at import)
+    if started := ensure_server(project):
+        console.print(
+            f"started the project's Prefect server for this and later stages: {started} "
+            "(stop it with `visiontune server stop`)"
+        )
     from flows.pipeline import run_stage
     from tasks.distributed import launched_command, ranks
 
-    project = current_project()
-    validated(project)
     if name.value == "train" and (command := launched_command([sys.argv[0], "stage", "train"])):
         import subprocess
 

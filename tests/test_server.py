@@ -195,3 +195,36 @@ def test_a_killed_test_session_leaves_no_server_behind_after_the_next_session_st
             session.wait(timeout=30)
         if server_pid and psutil.pid_exists(server_pid):
             os.killpg(server_pid, signal.SIGKILL)
+
+
+def test_dvc_repro_without_a_server_starts_the_projects_server_once(tmp_path, monkeypatch):
+    """Every stage of `dvc repro` is its own `visiontune stage` process: the first starts the
+    project's server, the later ones use it, and the runs stay in its database for the UI."""
+    import json
+
+    from tests.images import write_collect_source
+    from tests.project import TINY_PARAMS, make_project, sh
+
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.delenv("PREFECT_HOME")
+    source = write_collect_source(tmp_path / "source", per_class=4)
+    root = make_project(tmp_path / "project", TINY_PARAMS)
+    project = Project(root)
+    try:
+        sh("visiontune", "collect", "folder", str(source), cwd=root)
+        repro = sh("dvc", "repro", "split", cwd=root)
+        output = repro.stdout + repro.stderr
+        assert output.count("started the project's Prefect server for this and later") == 1
+        assert "Starting temporary server" not in output
+        assert "Running stage 'split'" in output
+        info = running_server(project)
+        assert info is not None and info.host == "127.0.0.1"
+        request = urllib.request.Request(
+            f"{info.api_url}/flow_runs/filter", data=b"{}", method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            names = [r["name"].split(" · ")[0] for r in json.load(resp)]
+        assert {"clean", "split"} <= set(names)
+    finally:
+        stop_server(project)

@@ -36,3 +36,17 @@ def configure(project: Project) -> str | None:
         if server:
             os.environ["PREFECT_API_URL"] = server.api_url
     return os.environ.get("PREFECT_API_URL")
+
+
+def ensure_server(project: Project) -> str | None:
+    """For `visiontune stage`, the command of every dvc.yaml stage: with no Prefect API set or
+    running, start the project's server (as `visiontune server start` does) instead of a
+    temporary one per process. A `dvc repro` then pays one start instead of one per stage,
+    and its runs stay in the UI. Returns the UI URL when this call started the server."""
+    from flows.project.server import start_server
+
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    info = start_server(project)
+    os.environ["PREFECT_API_URL"] = info.api_url
+    return info.ui_url
