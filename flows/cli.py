@@ -11,6 +11,7 @@ from rich.table import Table
 
 from flows.cli_collect import collect_app
 from flows.cli_common import (
+    WATCH,
     console,
     current_project,
     data_errors,
@@ -18,6 +19,7 @@ from flows.cli_common import (
     print_metrics,
     print_ui,
     validated,
+    watch_server,
 )
 from flows.cli_model import model_app
 from flows.cli_server import schedule_app, server_app
@@ -41,9 +43,12 @@ StageName = Enum("StageName", {s: s for s in STAGES}, type=str)  # type: ignore[
 
 
 @app.callback()
-def _setup() -> None:
+def _setup(ctx: typer.Context) -> None:
     """Runs before every command, before prefect is imported (it reads settings at import)."""
-    configure(Project.find())
+    project = Project.find()
+    configure(project)
+    if ctx.invoked_subcommand != "server":  # `server stop` ends it on purpose
+        watch_server(project)
 
 
 @app.command()
@@ -57,6 +62,7 @@ def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> Non
             f"started the project's Prefect server for this and later stages: {started} "
             "(stop it with `visiontune server stop`)"
         )
+        watch_server(project)
     from flows.pipeline import run_stage
     from tasks.distributed import launched_command, ranks
 
@@ -196,7 +202,8 @@ def tune(
     print_ui(project)
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m flows.cli`
+def main() -> None:  # pragma: no cover - the console script `visiontune`
+    WATCH["enabled"] = True  # this process only: an in-process CliRunner is never ended
     app()
 
 

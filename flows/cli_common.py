@@ -37,6 +37,39 @@ def print_metrics(project: Project) -> None:
     console.print(table)
 
 
+SERVER_GONE = 69  # EX_UNAVAILABLE: the Prefect server died under the command
+WATCH = {"enabled": False}  # set by the console script's main(), never by an in-process runner
+
+
+def watch_server(project: Project) -> None:
+    """End this process in one line if the Prefect server it reports to dies (see
+    flows/project/watchdog.py)."""
+    import os
+
+    from flows.project.watchdog import watch
+
+    url = os.environ.get("PREFECT_API_URL")
+    if WATCH["enabled"] and url:
+        watch(project, url, _server_gone)
+
+
+def _server_gone(url: str, seconds: float) -> None:
+    import os
+    import sys
+
+    err.print(
+        f"[red]error:[/red] the Prefect server at {url} stopped answering ({seconds:.0f} s); "
+        "the stages that finished are recorded in dvc.lock. Start it (`visiontune server "
+        "start`) and run the command again: training resumes from its checkpoint, a search "
+        "from its study",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(SERVER_GONE)
+
+
 def print_ui(project: Project) -> None:
     from flows.project.server import running_server
 
