@@ -68,3 +68,68 @@ def test_a_run_whose_server_dies_ends_in_one_line_and_the_next_run_resumes(tmp_p
     finally:
         if running_server(project):
             stop_server(project)
+
+
+# kill points, as fractions of an uninterrupted run's time; VISIONTUNE_KILL_POINTS=N spreads N
+KILL_POINTS = int(os.environ.get("VISIONTUNE_KILL_POINTS", "4"))
+
+
+def _results(root) -> dict:
+    """What a run produced: the manifest, the split, the search's choice and the metrics."""
+    import json
+
+    import pandas as pd
+
+    art = root / "artifacts"
+    frames = {
+        name: pd.read_parquet(art / name).sort_values("sha256").to_dict("list")
+        for name in ("clean/manifest.parquet", "split/split.parquet")
+    }
+    return {
+        **frames,
+        "best_params": yaml.safe_load((art / "tune" / "best_params.yaml").read_text()),
+        "metrics": json.loads((art / "evaluate" / "metrics.json").read_text()),
+    }
+
+
+def test_a_run_killed_at_any_moment_is_finished_by_the_next_with_the_same_results(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.delenv("PREFECT_HOME")
+    source = write_collect_source(tmp_path / "source", per_class=6)
+    params = {**TINY_PARAMS, "tune": {"n_trials": 1, "epochs": 1}}
+    root = make_project(tmp_path / "project", params)
+    project = Project(root)
+    try:
+        sh("visiontune", "collect", "folder", str(source), cwd=root)
+        start_server(project, port=0)
+        started = time.monotonic()
+        sh("visiontune", "run", cwd=root, timeout=600)
+        whole = time.monotonic() - started
+        expected = _results(root)
+        for i in range(KILL_POINTS):
+            delay = whole * (i + 0.5) / KILL_POINTS
+            shutil.rmtree(root / "artifacts")
+            proc = subprocess.Popen(
+                ["visiontune", "run", "--force"],
+                cwd=root,
+                env=env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            again = sh("visiontune", "run", cwd=root, timeout=600, check=False)
+            assert again.returncode == 0, f"after a kill at {delay:.1f} s:\n{again.stderr[-3000:]}"
+            status = sh("dvc", "status", cwd=root)
+            assert "Data and pipelines are up to date." in status.stdout, (delay, status.stdout)
+            got = _results(root)
+            assert got == expected, f"after a kill at {delay:.1f} s of {whole:.1f} s"
+    finally:
+        if running_server(project):
+            stop_server(project)
