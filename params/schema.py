@@ -453,6 +453,11 @@ class RetrainParams(_Params):
     retries: int = Field(3, ge=0, description="retries of a timed-out or 5xx download")
     backoff: float = Field(1.0, ge=0, description="seconds before the first retry (doubled)")
     workers: int = Field(8, ge=1, description="downloads in flight at once")
+    allow_private: bool = Field(
+        False,
+        description="manifest/urls: also download from loopback, private and CGNAT hosts "
+        "(your own image server); link-local (cloud metadata) and 0.0.0.0 stay refused",
+    )
     mirror: bool = Field(
         False,
         description="data/ holds exactly the source: images it no longer has (deleted, or "
