@@ -7,8 +7,10 @@ them as parameters so the UI renders typed forms.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -19,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 # how training evens out class sizes; tasks/balance.py implements each
 BalanceStrategy = Literal["none", "weighted_sampler", "class_weights", "oversample"]
@@ -26,6 +29,28 @@ BalanceStrategy = Literal["none", "weighted_sampler", "class_weights", "oversamp
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+SECRET_ERROR = "secret_in_params"  # an error whose input is never echoed back
+
+
+def refuse_password(url: str | None) -> str | None:
+    """A URL with a password written in it is refused: DVC copies the params file into the
+    committed dvc.lock. A `${VAR}` reference (expanded when the value is used) is fine."""
+    if not url:
+        return url
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password and re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", "", password):
+        raise PydanticCustomError(
+            SECRET_ERROR,
+            "a password written in the URL would be committed (dvc.lock copies this file): "
+            "remove it and set PGPASSWORD or ~/.pgpass, or write ${VAR} "
+            "(e.g. postgresql://user:${PGPASSWORD}@host/db, expanded at run time)",
+        )
+    return url
 
 
 class CleanParams(_Params):
@@ -361,10 +386,12 @@ class TuneParams(_Params):
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     storage: str | None = Field(
         None,
-        description="Optuna RDB URL (sqlite:///…, postgresql://…) or journal:PATH; "
+        description="Optuna RDB URL (sqlite:///…, postgresql://user@host/db) or journal:PATH; "
+        "no password in it (PGPASSWORD, ~/.pgpass or ${VAR}, expanded at run time); "
         "default: SQLite under artifacts/tune/study/",
     )
     seed: int = 0
+
     sampler: Literal["auto", "qmc", "tpe"] = Field(
         "auto", description="auto: qmc up to 10 trials, tpe beyond"
     )
@@ -387,6 +414,13 @@ class TuneParams(_Params):
     grace_period: int = Field(30, ge=2, description="a RUNNING trial silent this long is failed")
     max_retry: int = Field(1, ge=0, description="re-runs of a trial that failed or went stale")
     space: dict[str, SearchDim] = Field(default_factory=_default_space)
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # storage may hold one
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password(cls, storage: str | None) -> str | None:
+        return refuse_password(storage)
 
     @model_validator(mode="after")
     def _space_fits_train_params(self) -> TuneParams:
@@ -533,7 +567,8 @@ def validated(model: type[P], raw: dict, where: str) -> P:
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            got = f" (got {err['input']!r})" if err["type"] != "missing" and key else ""
+            shown = err["type"] not in ("missing", SECRET_ERROR) and key  # never echo a secret
+            got = f" (got {err['input']!r})" if shown else ""
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {key + ': ' if key else ''}{msg}{got}")
         raise ParamsError("\n".join(lines)) from None

@@ -153,3 +153,86 @@ def test_the_connection_goes_to_the_address_that_was_checked(tmp_path, monkeypat
         assert refusal.value.reason == "private_address"
         assert "169.254.169.254 is link-local" in refusal.value.detail
         assert not (tmp_path / "b.png").exists()
+
+
+def test_urls_are_shown_and_recorded_with_their_password_masked(
+    tmp_path, prefect_server, _wide_console
+):
+    from tasks.secrets import mask_url
+
+    assert (
+        mask_url("postgresql://vt:hunter2@db:5432/optuna") == "postgresql://vt:***@db:5432/optuna"
+    )
+    assert mask_url("https://u:tok@img.example/a.png?x=1") == "https://u:***@img.example/a.png?x=1"
+    assert mask_url("sqlite:///artifacts/tune/study.db") == "sqlite:///artifacts/tune/study.db"
+    assert mask_url("https://img.example/a.png") == "https://img.example/a.png"
+    project = make_project(tmp_path / "project")
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://me:hunter2@127.0.0.1:9/a.png circle\n")
+    out, refused = _collect(project, "urls", str(urls), *FAST)
+    assert "hunter2" not in out
+    assert refused == {
+        "http://me:***@127.0.0.1:9/a.png": (
+            "private_address",
+            "127.0.0.1 is a loopback address (--allow-private, or allow_private: true, fetches it)",
+        )
+    }
+
+
+def _params_project(tmp_path, storage: str):
+    import shutil
+
+    from tests.conftest import REPO
+
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    tune = tmp_path / "params" / "tune.yaml"
+    tune.write_text(tune.read_text().replace("storage: null", f"storage: {storage}"))
+    return tmp_path
+
+
+def test_a_password_in_tune_storage_is_refused_in_one_line_that_never_shows_it(
+    tmp_path, monkeypatch
+):
+    root = _params_project(tmp_path, "postgresql://vt:hunter2@db.internal/optuna")
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["check-params"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output  # one line (the console is wide enough)
+    assert "tune.yaml: storage: a password written in the URL would be committed" in lines[0]
+    assert "PGPASSWORD" in lines[0] and "${VAR}" in lines[0]
+    assert "hunter2" not in result.output
+
+
+def test_env_references_in_storage_are_expanded_only_where_the_study_opens(tmp_path, monkeypatch):
+    from params import TuneParams
+    from tasks.secrets import MissingVariable
+    from tasks.tune import make_storage, storage_url
+
+    text = "sqlite:///${VT_STUDY_DIR}/s3cret-study.db"
+    tune = TuneParams(storage=text)  # a reference is no password: accepted
+    assert TuneParams(storage="postgresql://vt:${VT_PW}@db/optuna").storage
+    monkeypatch.delenv("VT_STUDY_DIR", raising=False)
+    with pytest.raises(
+        MissingVariable, match=r"^tune.yaml: storage: \$\{VT_STUDY_DIR\} is not set"
+    ):
+        storage_url(tune)
+
+    # the command that would run the search says so in one line, before any work
+    root = _params_project(tmp_path / "p", text)
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["stage", "tune"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: params/tune.yaml: storage: ${VT_STUDY_DIR} is not set in the environment"
+    ]
+
+    monkeypatch.setenv("VT_STUDY_DIR", str(tmp_path / "studies"))
+    (tmp_path / "studies").mkdir()
+    storage = make_storage(tune, tmp_path / "artifacts")
+    storage.create_new_study([], "x")
+    assert (tmp_path / "studies" / "s3cret-study.db").is_file()  # the expanded path
+    # what Prefect records as the flow parameter, and DVC in dvc.lock, is the reference
+    assert tune.model_dump(mode="json")["storage"] == text
+    assert "studies" not in tune.model_dump_json()
