@@ -65,8 +65,15 @@ def validated(project: Project, environment: bool = True) -> None:
         params = project.validate_all()
     except ParamsError as exc:
         fail(str(exc))
+    if not environment:
+        return
+    from flows.stages import missing_tracked_keys
+
+    missing = missing_tracked_keys(project.root)
+    if missing:
+        fail("\n".join(missing))
     storage = params["tune"].storage  # type: ignore[attr-defined]
-    if environment and storage:
+    if storage:
         from tasks.secrets import MissingVariable, expand_env
 
         try:

@@ -31,6 +31,27 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A field that changes only where or how fast a stage runs, never its results: DVC does not
+# track it (flows/stages.py leaves it out of the stage's `params:` in dvc.yaml), so changing
+# it makes no stage stale and retrains nothing.
+EXECUTION_ONLY = {"execution_only": True}
+
+
+def execution_only(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` marked EXECUTION_ONLY."""
+    return frozenset(
+        name
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("execution_only")
+    )
+
+
+def tracked_keys(model: type[BaseModel]) -> list[str]:
+    """The fields of `model` that can change a stage's results, in declaration order."""
+    skip = execution_only(model)
+    return [name for name in model.model_fields if name not in skip]
+
+
 SECRET_ERROR = "secret_in_params"  # an error whose input is never echoed back
 
 
@@ -271,14 +292,18 @@ class TrainParams(_Params):
     # data loading and speed
     batch_size: int = Field(32, ge=1, le=4096)
     num_workers: int | Literal["auto"] = Field(
-        "auto", description="DataLoader workers; auto = 0 on CPU, min(8, cores - 1) on CUDA"
+        "auto",
+        description="DataLoader workers; auto = 0 on CPU, min(8, cores - 1) on CUDA",
+        json_schema_extra=EXECUTION_ONLY,
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA (fp16 + GradScaler without bf16), off elsewhere"
     )
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on with CUDA")
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool = Field(
+        False, description="torch.compile the model", json_schema_extra=EXECUTION_ONLY
+    )
     seed: int = 0
 
     @field_validator("model")
@@ -364,17 +389,25 @@ class TuneParams(_Params):
     """Optuna search over train.yaml keys; `n_trials: 0` passes train.yaml through."""
 
     n_trials: int = Field(0, ge=0, description="trials to finish (complete or pruned)")
-    n_jobs: int = Field(1, ge=1, description="trials running at once")
+    n_jobs: int = Field(
+        1, ge=1, description="trials running at once", json_schema_extra=EXECUTION_ONLY
+    )
     parallel: Literal["thread", "process", "dask"] = Field(
-        "thread", description="how `n_jobs` trials run at once: threads, processes or Dask"
+        "thread",
+        description="how `n_jobs` trials run at once: threads, processes or Dask",
+        json_schema_extra=EXECUTION_ONLY,
     )
     dask_address: str | None = Field(
         None,
         description="parallel: dask: the scheduler (tcp://host:8786); "
         "null = a LocalCluster of n_jobs one-thread workers",
+        json_schema_extra=EXECUTION_ONLY,
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch threads per trial; null = cores // n_jobs"
+        None,
+        ge=1,
+        description="torch threads per trial; null = cores // n_jobs",
+        json_schema_extra=EXECUTION_ONLY,
     )
     epochs: int | None = Field(
         None,
@@ -389,6 +422,7 @@ class TuneParams(_Params):
         description="Optuna RDB URL (sqlite:///…, postgresql://user@host/db) or journal:PATH; "
         "no password in it (PGPASSWORD, ~/.pgpass or ${VAR}, expanded at run time); "
         "default: SQLite under artifacts/tune/study/",
+        json_schema_extra=EXECUTION_ONLY,
     )
     seed: int = 0
 
@@ -410,8 +444,15 @@ class TuneParams(_Params):
     )
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")
-    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
-    grace_period: int = Field(30, ge=2, description="a RUNNING trial silent this long is failed")
+    heartbeat_interval: int = Field(
+        10, ge=1, description="seconds between trial heartbeats", json_schema_extra=EXECUTION_ONLY
+    )
+    grace_period: int = Field(
+        30,
+        ge=2,
+        description="a RUNNING trial silent this long is failed",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     max_retry: int = Field(1, ge=0, description="re-runs of a trial that failed or went stale")
     space: dict[str, SearchDim] = Field(default_factory=_default_space)
 
@@ -449,7 +490,12 @@ class TuneParams(_Params):
 class EvaluateParams(_Params):
     """Test-split metrics, plots and the misclassified gallery."""
 
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="images per batch (eval mode: no effect on the metrics)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     top_k: int = Field(3, ge=1, description="top-k accuracy (capped at classes - 1)")
     tta: bool = Field(False, description="average the predictions of the image and its mirror")
     calibration_bins: int = Field(10, ge=2, le=100, description="ECE and reliability bins")
