@@ -171,7 +171,7 @@ def check_params() -> None:
     from params import STAGE_MODELS
 
     project = current_project()
-    validated(project)
+    validated(project, environment=False)  # may run where the variables are not set
     names = ", ".join(project.params_file(name).name for name in STAGE_MODELS)
     console.print(f"params OK: {names}")
 

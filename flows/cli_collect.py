@@ -100,6 +100,16 @@ DOWNLOAD_OPTIONS = {
         typer.Option(1.0, min=0.0, help="seconds before the first retry (doubled each time)"),
     ),
     "workers": (int, typer.Option(8, min=1, help="downloads in flight at once")),
+    "allow_private": (
+        bool,
+        typer.Option(
+            False,
+            "--allow-private",
+            help="also fetch from loopback, private (RFC 1918, IPv6 ULA) and CGNAT hosts, "
+            "e.g. your own image server; link-local (cloud metadata), 0.0.0.0, multicast "
+            "and reserved addresses stay refused",
+        ),
+    ),
 }
 
 
@@ -122,6 +132,7 @@ def download_options(command: Callable[..., None]) -> Callable[..., None]:
             retries=values.pop("retries"),
             backoff=values.pop("backoff"),
             workers=values.pop("workers"),
+            allow_private=values.pop("allow_private"),
         )
         command(**values, limits=limits)
 

@@ -84,14 +84,32 @@ def data_errors() -> tuple[type[Exception], ...]:
     from tasks.augment import PipelineError
     from tasks.balance import BalanceError
     from tasks.model import ModelError
+    from tasks.secrets import MissingVariable
     from tasks.split import SplitError
     from tasks.transforms import TransformError
 
-    return (SplitError, BalanceError, PipelineError, TransformError, ModelError)
+    return (SplitError, BalanceError, PipelineError, TransformError, ModelError, MissingVariable)
 
 
-def validated(project: Project) -> None:
+def validated(project: Project, environment: bool = True) -> None:
+    """Every params file is valid, and (`environment`: a command about to run) every `${VAR}`
+    that tune's storage refers to is set: one line each, before any work starts."""
     try:
-        project.validate_all()
+        params = project.validate_all()
     except ParamsError as exc:
         fail(str(exc))
+    if not environment:
+        return
+    from flows.stages import missing_tracked_keys
+
+    missing = missing_tracked_keys(project.root)
+    if missing:
+        fail("\n".join(missing))
+    storage = params["tune"].storage  # type: ignore[attr-defined]
+    if storage:
+        from tasks.secrets import MissingVariable, expand_env
+
+        try:
+            expand_env(storage, "params/tune.yaml: storage")  # the value itself is dropped
+        except MissingVariable as exc:
+            fail(str(exc))

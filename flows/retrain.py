@@ -57,6 +57,7 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
         retries=params.retries,
         backoff=params.backoff,
         workers=params.workers,
+        allow_private=params.allow_private,
     )
     collected = run_collect(
         params.source,

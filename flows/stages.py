@@ -22,6 +22,8 @@ class Stage:
     flow: str  # "module:function", imported only when the stage runs
     params: tuple[str, ...]  # params/<name>.yaml files, in the flow's argument order
     reads: tuple[str, ...] = ()  # files of other stages it reads (dvc.yaml deps)
+    # keys of a params file the stage reads, when not all of them (augment: train's model)
+    only: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def module(self) -> str:
@@ -34,6 +36,31 @@ class Stage:
     @property
     def cmd(self) -> str:
         return f"visiontune stage {self.name}"
+
+    def tracked_params(self) -> dict[str, list[str]]:
+        """{params/<file>.yaml: keys DVC tracks}: every key that can change the stage's
+        results; keys marked execution-only in the schema (where or how fast it runs) are left
+        out, so changing one makes no stage stale."""
+        from params.schema import STAGE_MODELS, tracked_keys
+
+        only = dict(self.only)
+        return {
+            f"params/{name}.yaml": list(only.get(name) or tracked_keys(STAGE_MODELS[name]))
+            for name in self.params
+        }
+
+    def params_entries(self) -> list[str | dict[str, list[str]]]:
+        """The stage's `params:` in dvc.yaml: a file whose every key is tracked is named
+        alone (DVC then tracks whatever keys it holds); the others list their keys, each of
+        which DVC then needs in the file (missing_tracked_keys)."""
+        from params.schema import STAGE_MODELS
+
+        entries: list[str | dict[str, list[str]]] = []
+        for path, keys in self.tracked_params().items():
+            name = path.removeprefix("params/").removesuffix(".yaml")
+            whole = keys == list(STAGE_MODELS[name].model_fields)
+            entries.append(path if whole else {path: keys})
+        return entries
 
 
 CACHE_INDEX = "artifacts/clean/cache_index.parquet"  # stands for the cached images
@@ -51,7 +78,13 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("clean", "flows.clean:clean_flow", ("clean",), ("data",)),
         Stage("split", "flows.split:split_flow", ("split",), ("artifacts/clean/manifest.parquet",)),
-        Stage("augment", "flows.augment:augment_flow", ("augment", "train"), (SPLIT,)),
+        Stage(
+            "augment",
+            "flows.augment:augment_flow",
+            ("augment", "train"),
+            (SPLIT,),
+            only=(("train", ("model",)),),
+        ),
         Stage("tune", "flows.tune:tune_flow", ("tune", "train"), TRAIN_INPUTS),
         Stage(
             "train",
@@ -119,16 +152,55 @@ def _docstring_only(path: Path) -> bool:
     return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
 
 
+def params_block(stage: Stage) -> str:
+    """The stage's `params:` list in dvc.yaml: each file with the keys DVC tracks."""
+    lines = ["    params:\n"]
+    for entry in stage.params_entries():
+        if isinstance(entry, str):
+            lines.append(f"      - {entry}:\n")
+            continue
+        for path, keys in entry.items():
+            lines.append(f"      - {path}:\n")
+            lines.extend(f"          - {key}\n" for key in keys)
+    return "".join(lines)
+
+
+def missing_tracked_keys(root: Path) -> list[str]:
+    """One line per params file that lacks a key dvc.yaml lists for it: DVC refuses to run a
+    stage whose listed param is missing, so say which before any work starts."""
+    import yaml
+
+    problems = []
+    needed: dict[str, set[str]] = {}
+    for stage in STAGES.values():
+        for entry in stage.params_entries():
+            if isinstance(entry, dict):
+                for path, keys in entry.items():
+                    needed.setdefault(path, set()).update(keys)
+    for path, keys in needed.items():
+        file = root / path
+        written = yaml.safe_load(file.read_text()) if file.is_file() else None
+        missing = [k for k in keys if k not in (written if isinstance(written, dict) else {})]
+        if missing:
+            problems.append(
+                f"{path}: write {', '.join(sorted(missing))} (the default is fine): dvc.yaml "
+                "tracks every key that can change results, and DVC needs each in the file"
+            )
+    return problems
+
+
 def write_deps(dvc_yaml: Path) -> None:
-    """Rewrite each stage's `deps:` list in dvc.yaml from the registry (comments elsewhere
-    are kept): what `python -m flows.stages --write` does after a change of imports."""
+    """Rewrite each stage's `deps:` and `params:` lists in dvc.yaml from the registry and the
+    schema (comments elsewhere are kept): what `python -m flows.stages --write` does after a
+    change of imports or of the params."""
     root = dvc_yaml.parent
     text = dvc_yaml.read_text()
     for stage in STAGES.values():
         start = text.index("    deps:\n", text.index(f"\n  {stage.name}:\n"))
-        end = text.index("    params:\n", start)
+        middle = text.index("    params:\n", start)
+        end = text.index("    outs:\n", middle)
         listed = "".join(f"      - {dep}\n" for dep in (*stage.reads, *code_deps(stage, root)))
-        text = text[:start] + "    deps:\n" + listed + text[end:]
+        text = text[:start] + "    deps:\n" + listed + params_block(stage) + text[end:]
     dvc_yaml.write_text(text)
 
 

@@ -7,8 +7,10 @@ them as parameters so the UI renders typed forms.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -19,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 # how training evens out class sizes; tasks/balance.py implements each
 BalanceStrategy = Literal["none", "weighted_sampler", "class_weights", "oversample"]
@@ -26,6 +29,49 @@ BalanceStrategy = Literal["none", "weighted_sampler", "class_weights", "oversamp
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# A field that changes only where or how fast a stage runs, never its results: DVC does not
+# track it (flows/stages.py leaves it out of the stage's `params:` in dvc.yaml), so changing
+# it makes no stage stale and retrains nothing.
+EXECUTION_ONLY = {"execution_only": True}
+
+
+def execution_only(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` marked EXECUTION_ONLY."""
+    return frozenset(
+        name
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("execution_only")
+    )
+
+
+def tracked_keys(model: type[BaseModel]) -> list[str]:
+    """The fields of `model` that can change a stage's results, in declaration order."""
+    skip = execution_only(model)
+    return [name for name in model.model_fields if name not in skip]
+
+
+SECRET_ERROR = "secret_in_params"  # an error whose input is never echoed back
+
+
+def refuse_password(url: str | None) -> str | None:
+    """A URL with a password written in it is refused: DVC copies the params file into the
+    committed dvc.lock. A `${VAR}` reference (expanded when the value is used) is fine."""
+    if not url:
+        return url
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password and re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", "", password):
+        raise PydanticCustomError(
+            SECRET_ERROR,
+            "a password written in the URL would be committed (dvc.lock copies this file): "
+            "remove it and set PGPASSWORD or ~/.pgpass, or write ${VAR} "
+            "(e.g. postgresql://user:${PGPASSWORD}@host/db, expanded at run time)",
+        )
+    return url
 
 
 class CleanParams(_Params):
@@ -246,14 +292,18 @@ class TrainParams(_Params):
     # data loading and speed
     batch_size: int = Field(32, ge=1, le=4096)
     num_workers: int | Literal["auto"] = Field(
-        "auto", description="DataLoader workers; auto = 0 on CPU, min(8, cores - 1) on CUDA"
+        "auto",
+        description="DataLoader workers; auto = 0 on CPU, min(8, cores - 1) on CUDA",
+        json_schema_extra=EXECUTION_ONLY,
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA (fp16 + GradScaler without bf16), off elsewhere"
     )
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto: on with CUDA")
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool = Field(
+        False, description="torch.compile the model", json_schema_extra=EXECUTION_ONLY
+    )
     seed: int = 0
 
     @field_validator("model")
@@ -339,17 +389,25 @@ class TuneParams(_Params):
     """Optuna search over train.yaml keys; `n_trials: 0` passes train.yaml through."""
 
     n_trials: int = Field(0, ge=0, description="trials to finish (complete or pruned)")
-    n_jobs: int = Field(1, ge=1, description="trials running at once")
+    n_jobs: int = Field(
+        1, ge=1, description="trials running at once", json_schema_extra=EXECUTION_ONLY
+    )
     parallel: Literal["thread", "process", "dask"] = Field(
-        "thread", description="how `n_jobs` trials run at once: threads, processes or Dask"
+        "thread",
+        description="how `n_jobs` trials run at once: threads, processes or Dask",
+        json_schema_extra=EXECUTION_ONLY,
     )
     dask_address: str | None = Field(
         None,
         description="parallel: dask: the scheduler (tcp://host:8786); "
         "null = a LocalCluster of n_jobs one-thread workers",
+        json_schema_extra=EXECUTION_ONLY,
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch threads per trial; null = cores // n_jobs"
+        None,
+        ge=1,
+        description="torch threads per trial; null = cores // n_jobs",
+        json_schema_extra=EXECUTION_ONLY,
     )
     epochs: int | None = Field(
         None,
@@ -361,10 +419,13 @@ class TuneParams(_Params):
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     storage: str | None = Field(
         None,
-        description="Optuna RDB URL (sqlite:///…, postgresql://…) or journal:PATH; "
+        description="Optuna RDB URL (sqlite:///…, postgresql://user@host/db) or journal:PATH; "
+        "no password in it (PGPASSWORD, ~/.pgpass or ${VAR}, expanded at run time); "
         "default: SQLite under artifacts/tune/study/",
+        json_schema_extra=EXECUTION_ONLY,
     )
     seed: int = 0
+
     sampler: Literal["auto", "qmc", "tpe"] = Field(
         "auto", description="auto: qmc up to 10 trials, tpe beyond"
     )
@@ -383,10 +444,24 @@ class TuneParams(_Params):
     )
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")
-    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
-    grace_period: int = Field(30, ge=2, description="a RUNNING trial silent this long is failed")
+    heartbeat_interval: int = Field(
+        10, ge=1, description="seconds between trial heartbeats", json_schema_extra=EXECUTION_ONLY
+    )
+    grace_period: int = Field(
+        30,
+        ge=2,
+        description="a RUNNING trial silent this long is failed",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     max_retry: int = Field(1, ge=0, description="re-runs of a trial that failed or went stale")
     space: dict[str, SearchDim] = Field(default_factory=_default_space)
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # storage may hold one
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password(cls, storage: str | None) -> str | None:
+        return refuse_password(storage)
 
     @model_validator(mode="after")
     def _space_fits_train_params(self) -> TuneParams:
@@ -415,7 +490,12 @@ class TuneParams(_Params):
 class EvaluateParams(_Params):
     """Test-split metrics, plots and the misclassified gallery."""
 
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="images per batch (eval mode: no effect on the metrics)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     top_k: int = Field(3, ge=1, description="top-k accuracy (capped at classes - 1)")
     tta: bool = Field(False, description="average the predictions of the image and its mirror")
     calibration_bins: int = Field(10, ge=2, le=100, description="ECE and reliability bins")
@@ -453,6 +533,11 @@ class RetrainParams(_Params):
     retries: int = Field(3, ge=0, description="retries of a timed-out or 5xx download")
     backoff: float = Field(1.0, ge=0, description="seconds before the first retry (doubled)")
     workers: int = Field(8, ge=1, description="downloads in flight at once")
+    allow_private: bool = Field(
+        False,
+        description="manifest/urls: also download from loopback, private and CGNAT hosts "
+        "(your own image server); link-local (cloud metadata) and 0.0.0.0 stay refused",
+    )
     mirror: bool = Field(
         False,
         description="data/ holds exactly the source: images it no longer has (deleted, or "
@@ -528,7 +613,8 @@ def validated(model: type[P], raw: dict, where: str) -> P:
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            got = f" (got {err['input']!r})" if err["type"] != "missing" and key else ""
+            shown = err["type"] not in ("missing", SECRET_ERROR) and key  # never echo a secret
+            got = f" (got {err['input']!r})" if shown else ""
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {key + ': ' if key else ''}{msg}{got}")
         raise ParamsError("\n".join(lines)) from None

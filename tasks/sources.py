@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pandas as pd
 
 from tasks.files import FileRefused, printable, regular_size
+from tasks.secrets import mask_url
 
 DEMO_PACKAGE = "emoji-datasource-google"
 DEMO_VERSION = "16.0.0"
@@ -137,7 +138,7 @@ def check_url(url: str) -> Refusal | None:
     """Only absolute http(s) URLs are fetched; anything else is refused before any network."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return Refusal(url, "bad_scheme", "only http:// and https:// URLs are downloaded")
+        return Refusal(mask_url(url), "bad_scheme", "only http:// and https:// URLs are downloaded")
     return None
 
 
@@ -418,7 +419,7 @@ def manifest_items(
         if not where and not url:
             refused.append(Refusal(f"{shown} row", "missing", "neither path nor url is set"))
             continue
-        source = printable(where) or url
+        source = printable(where) or mask_url(url)  # shown and recorded: no password
         if not label:
             refused.append(Refusal(source, "no_label", "the label cell is empty"))
             continue
@@ -435,7 +436,7 @@ def manifest_items(
             if refusal:
                 refused.append(refusal)
                 continue
-            items.append(SourceItem(label, url_name(url), url, url=url, extra=extra))
+            items.append(SourceItem(label, url_name(url), source, url=url, extra=extra))
     return items, refused
 
 
@@ -452,11 +453,12 @@ def url_list_items(path: Path, default_label: str = "") -> tuple[list[SourceItem
         url, *rest = re.split(r"\s+", line, maxsplit=1)
         url = encoded_url(url)
         label = printable(rest[0]).strip() if rest else default_label
+        shown = mask_url(url)  # what is printed and recorded in data/sources.csv
         refusal = check_url(url)
         if refusal:
             refused.append(refusal)
         elif not label:
-            refused.append(Refusal(url, "no_label", "no label on the line and no --label given"))
+            refused.append(Refusal(shown, "no_label", "no label on the line and no --label given"))
         else:
-            items.append(SourceItem(label, url_name(url), url, url=url))
+            items.append(SourceItem(label, url_name(url), shown, url=url))
     return items, refused

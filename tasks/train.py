@@ -31,6 +31,7 @@ from rich.progress import Progress
 from torch import nn
 
 from params import CleanParams, TrainParams
+from params.schema import execution_only
 from tasks import distributed
 from tasks.balance import BalancePlan
 from tasks.checkpoint import CheckpointSaver, load_checkpoint, rng_state, set_rng_state
@@ -47,8 +48,9 @@ from tasks.model import Classifier, build_classifier, pick_device
 from tasks.optim import make_optimizer, make_scheduler, param_groups, trainable_stages
 
 CHECKPOINT = "checkpoint.pt"
-# params that change speed, not results: a checkpoint is resumed across them
-SPEED_ONLY = {"num_workers", "compile"}
+# params that change speed, not results (marked in the schema): a checkpoint is resumed
+# across them, and DVC does not track them
+SPEED_ONLY = set(execution_only(TrainParams))
 
 __all__ = [  # load_model, predict_logits and MODEL live in tasks.inference
     "CHECKPOINT",

@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from params import TrainParams, TuneParams
 from params.schema import CategoricalDim, FloatDim, IntDim
+from tasks.secrets import expand_env
 from tasks.train import EpochMetrics, TrainData, fit
 
 # heartbeats and stale-trial failing are "experimental" in Optuna 5; we rely on them knowingly
@@ -90,15 +91,21 @@ class RDBStorage(optuna.storages.RDBStorage):
         return stale + [trial_id for (trial_id,) in silent if trial_id not in stale]
 
 
+def storage_url(tune: TuneParams) -> str | None:
+    """tune.storage with its `${VAR}` references expanded: done here, where it is used, so the
+    expanded text (a password) is in no params object, flow parameter, log or dvc.lock."""
+    return expand_env(tune.storage, "tune.yaml: storage") if tune.storage else None
+
+
 def make_storage(tune: TuneParams, out_dir: Path) -> optuna.storages.BaseStorage:
     retry = _retry_under_lock(tune, out_dir)
-    if tune.storage and tune.storage.startswith("journal:"):
+    url = storage_url(tune)
+    if url and url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(tune.storage.removeprefix("journal:"))
+        path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    url = tune.storage
     if url is None:
         (out_dir / STUDY_DIR).mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(out_dir / STUDY_DIR / 'study.db').as_posix()}"
@@ -136,7 +143,7 @@ def study_lock(tune: TuneParams, out_dir: Path, name: str) -> Iterator[None]:
     PostgreSQL storage: an advisory lock on the server (processes on any machine).
     Otherwise: an flock on a file beside the study (processes on this machine).
     """
-    url = tune.storage or ""
+    url = storage_url(tune) or ""
     if url.startswith(("postgresql:", "postgresql+", "postgres:")):
         import sqlalchemy
 

@@ -27,6 +27,7 @@ class ImageServer:
         self.flaky_failures = flaky_failures
         self.release_trickle = threading.Event()
         self.trickle_fast = False
+        self.redirects: dict[str, str] = {}  # path → Location of a 302
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +96,16 @@ class ImageServer:
                 h.wfile.write(TRICKLE_PNG[: len(TRICKLE_PNG) // 2])
                 h.wfile.flush()
                 self.release_trickle.wait(60)
+            case "/to-good.png":  # a relative redirect to an image on the same server
+                h.send_response(302)
+                h.send_header("Location", "/good.png")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+            case _ if path in self.redirects:  # a redirect the test set up (e.g. into 10.x)
+                h.send_response(302)
+                h.send_header("Location", self.redirects[path])
+                h.send_header("Content-Length", "0")
+                h.end_headers()
             case _:
                 h.send(404, b"not found", "text/plain")
 

@@ -34,8 +34,12 @@ from tests.images import (
 from tests.processes import kill_when, start
 from tests.project import make_project, sh
 
-# fast, small limits for the local server: 1 s per attempt, 1 retry after 0.05 s, 64 KiB cap
-LIMITS = ("--timeout", "1", "--retries", "1", "--backoff", "0.05", "--max-mb", "0.0625")
+# fast, small limits for the local server: 1 s per attempt, 1 retry after 0.05 s, 64 KiB cap;
+# the server is on 127.0.0.1, which collect refuses without --allow-private (test_security.py)
+LIMITS = (
+    *("--timeout", "1", "--retries", "1", "--backoff", "0.05", "--max-mb", "0.0625"),
+    "--allow-private",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -306,7 +310,10 @@ def test_a_killed_download_leaves_nothing_in_data(tmp_path, prefect_server):
             data = project / "data"
             return list(data.rglob(".*.tmp")) if data.exists() else []
 
-        proc = start("visiontune", "collect", "urls", str(urls), "--timeout", "120", cwd=project)
+        proc = start(
+            *("visiontune", "collect", "urls", str(urls), "--timeout", "120", "--allow-private"),
+            cwd=project,
+        )
         kill_when(proc, temp_files, "the download started", timeout=120)  # mid-download
         temp = temp_files()
         assert temp[0].stat().st_size < len(TRICKLE_PNG)
@@ -317,7 +324,7 @@ def test_a_killed_download_leaves_nothing_in_data(tmp_path, prefect_server):
         assert not (project / "data.dvc").exists()
 
         server.trickle_fast = True
-        text = _collect(project, "urls", str(urls))
+        text = _collect(project, "urls", str(urls), "--allow-private")
         assert "1 new, 0 changed, 0 unchanged, 0 refused" in text
         files = _data_files(project)
         assert not [f for f in files if f.endswith(".tmp")]  # the leftover was removed

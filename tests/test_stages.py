@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +15,7 @@ import yaml
 from flows.stages import PACKAGES, STAGES, _docstring_only, code_deps
 from params import STAGE_MODELS
 from tests.conftest import REPO
+from tests.project import sh
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +37,89 @@ def test_dvc_yaml_has_the_registry_stages_cmds_and_params(dvc_stages):
         assert dvc_stages[name]["cmd"] == stage.cmd
         assert _params_files(dvc_stages[name]) == set(stage.params), name
         assert set(stage.params) <= set(STAGE_MODELS)
+
+
+def test_dvc_yaml_tracks_the_params_the_schema_says_change_results(dvc_stages):
+    for name, stage in STAGES.items():
+        listed = [
+            {k: v} if v else k
+            for item in dvc_stages[name]["params"]
+            for k, v in (item.items() if isinstance(item, dict) else [(item, None)])
+        ]
+        assert listed == stage.params_entries(), f"{name}: run python -m flows.stages --write"
+    tune, train = STAGES["tune"].tracked_params(), STAGES["train"].tracked_params()
+    for key in ("storage", "n_jobs", "parallel", "dask_address", "heartbeat_interval"):
+        assert key not in tune["params/tune.yaml"]
+    for key in ("num_workers", "compile"):
+        assert key not in tune["params/train.yaml"] and key not in train["params/train.yaml"]
+    assert "n_trials" in tune["params/tune.yaml"] and "lr" in train["params/train.yaml"]
+
+
+def _stage_repo(root: Path) -> Path:
+    """A real git + DVC repo whose stages track the params exactly as dvc.yaml does, with
+    trivial commands (what they compute does not matter, only what makes them stale)."""
+    shutil.copytree(REPO / "params", root / "params", ignore=shutil.ignore_patterns("*.py"))
+    stages = {
+        name: {
+            "cmd": f"echo {name} > {name}.txt",
+            "params": STAGES[name].params_entries(),
+            "outs": [f"{name}.txt"],
+        }
+        for name in ("tune", "train", "evaluate")
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    sh("dvc", "repro", "-q", cwd=root)
+    return root
+
+
+def _set(root: Path, stage: str, **values) -> None:
+    path = root / "params" / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **values}))
+
+
+def _stale(root: Path) -> set[str]:
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        return set(repo.status())
+
+
+def test_execution_only_params_make_no_stage_stale_and_real_ones_do(tmp_path):
+    root = _stage_repo(tmp_path)
+    assert _stale(root) == set()
+    _set(root, "tune", storage="sqlite:///elsewhere.db", n_jobs=4, parallel="process")
+    _set(root, "tune", dask_address="tcp://10.0.0.5:8786", torch_threads=2, grace_period=90)
+    _set(root, "train", num_workers=4, compile=True)
+    _set(root, "evaluate", batch_size=256)
+    assert _stale(root) == set()  # where and how fast: nothing to rerun
+    _set(root, "evaluate", top_k=2)
+    assert _stale(root) == {"evaluate"}
+    _set(root, "train", lr=0.01)
+    assert _stale(root) == {"evaluate", "tune", "train"}  # tune searches around train.yaml
+    sh("dvc", "repro", "-q", cwd=root)
+    _set(root, "tune", n_trials=7)
+    assert _stale(root) == {"tune"}
+
+
+def test_a_params_file_lacking_a_tracked_key_is_named_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    train = yaml.safe_load((tmp_path / "params" / "train.yaml").read_text())
+    del train["lr"], train["num_workers"]  # a tracked key and an execution-only one
+    (tmp_path / "params" / "train.yaml").write_text(yaml.safe_dump(train))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["stage", "train"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: params/train.yaml: write lr (the default is fine): dvc.yaml tracks every key "
+        "that can change results, and DVC needs each in the file"
+    ]
 
 
 def test_every_stage_depends_on_what_it_reads_and_all_code_it_can_import(dvc_stages):
