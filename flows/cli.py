@@ -20,6 +20,7 @@ from flows.cli_common import (
     print_ui,
     validated,
     watch_server,
+    writes_project,
 )
 from flows.cli_model import model_app
 from flows.cli_server import schedule_app, server_app
@@ -52,6 +53,7 @@ def _setup(ctx: typer.Context) -> None:
 
 
 @app.command()
+@writes_project
 def stage(name: StageName = typer.Argument(..., help="the stage to run")) -> None:  # type: ignore[valid-type]
     """Run one stage's flow now (the cmd of each dvc.yaml stage; `dvc repro` calls this)."""
     project = current_project()
@@ -103,6 +105,7 @@ def _fail_if_stale(project: Project, name: str, why: str) -> None:
 
 
 @app.command()
+@writes_project
 def run(
     force: bool = typer.Option(False, help="run every stage even if DVC says it is up to date"),
     until: StageName | None = typer.Option(  # type: ignore[valid-type]
@@ -177,6 +180,7 @@ def check_params() -> None:
 
 
 @app.command()
+@writes_project
 def tune(
     worker: bool = typer.Option(
         False, help="only pull trials of the shared study until the budget is met"

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, current_project, fail
+from flows.cli_common import console, current_project, fail, writes_project
 
 collect_app = typer.Typer(help="Bring labelled images into data/ and version them (dvc add).")
 
@@ -146,6 +146,7 @@ def download_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @collect_app.command("demo")
+@writes_project
 def collect_demo(
     per_class: int = typer.Option(120, min=1, help="images per class (demo categories)"),
     mirror: bool = MIRROR,
@@ -155,6 +156,7 @@ def collect_demo(
 
 
 @collect_app.command("folder")
+@writes_project
 def collect_folder(
     path: Path = typer.Argument(
         ..., help="an ImageFolder tree: PATH/<label>/<image> or PATH/train|val|test/<label>/<image>"
@@ -178,6 +180,7 @@ def collect_folder(
 
 
 @collect_app.command("manifest")
+@writes_project
 @download_options
 def collect_manifest(
     file: Path = typer.Argument(..., help="CSV or parquet: label + path and/or url (+ extras)"),
@@ -193,6 +196,7 @@ def collect_manifest(
 
 
 @collect_app.command("urls")
+@writes_project
 @download_options
 def collect_urls(
     file: Path = typer.Argument(..., help="a text file of 'URL [LABEL]' lines"),

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -35,6 +41,61 @@ def print_metrics(project: Project) -> None:
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+LOCKED = 75  # EX_TEMPFAIL: --no-wait and another command holds the project
+NO_WAIT = typer.Option(
+    False,
+    "--no-wait",
+    help=f"if another command is writing this project, exit at once (code {LOCKED}) "
+    "instead of waiting for it",
+)
+
+
+def writes_project(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`command` holding the project lock (flows/project/lock.py), with a --no-wait option.
+    A `tune --worker` shares the study with other workers by design and takes no lock."""
+    signature = inspect.signature(command)
+    added = inspect.Parameter("no_wait", inspect.Parameter.KEYWORD_ONLY, default=NO_WAIT,
+                              annotation=bool)  # fmt: skip
+
+    @functools.wraps(command)
+    def locked(**values: Any) -> Any:
+        from flows.project.lock import ProjectLocked, project_lock
+
+        no_wait = values.pop("no_wait")
+        if values.get("worker"):
+            return command(**values)
+        name = _command_path()
+        lock = project_lock(current_project(), name, wait=not no_wait, on_wait=err.print)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(lock)
+            except ProjectLocked as exc:
+                fail(f"{exc}; not waiting (--no-wait)", LOCKED)
+            return command(**values)
+
+    # typer reads the signature below, with the annotations resolved where `command` lives
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+    ]
+    del locked.__wrapped__
+    locked.__signature__ = signature.replace(parameters=[*own, added])  # type: ignore[attr-defined]
+    locked.__annotations__ = {**{p.name: p.annotation for p in own}, "no_wait": bool}
+    return locked
+
+
+def _command_path() -> str:
+    """`visiontune collect folder`: the running command, for the lock holder's line."""
+    try:
+        from typer._click.globals import get_current_context  # typer's own click
+
+        return get_current_context().command_path
+    except (ImportError, RuntimeError):
+        import sys
+
+        return " ".join(["visiontune", *[a for a in sys.argv[1:] if not a.startswith("-")][:2]])
 
 
 SERVER_GONE = 69  # EX_UNAVAILABLE: the Prefect server died under the command

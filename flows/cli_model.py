@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import console, current_project, err, fail, validated
+from flows.cli_common import console, current_project, err, fail, validated, writes_project
 from flows.project import Project
 
 model_app = typer.Typer()
@@ -126,6 +126,7 @@ class Quantize(StrEnum):
 
 
 @model_app.command()
+@writes_project
 def export(
     format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or torchscript"),
     model: Path | None = typer.Option(None, help="model file (default artifacts/train/model.pt)"),
@@ -241,6 +242,7 @@ def models(
 
 
 @model_app.command("lr-find")
+@writes_project
 def lr_find(
     start: float = typer.Option(1e-7, help="first LR of the sweep"),
     end: float = typer.Option(10.0, help="last LR of the sweep"),
@@ -263,6 +265,7 @@ def lr_find(
 
 
 @model_app.command()
+@writes_project
 def crossval() -> None:
     """k-fold cross-validation on the split's folds: mean ± std, fold ensemble, label issues."""
     from flows.crossval import crossval_flow

@@ -5,7 +5,15 @@ from __future__ import annotations
 import typer
 
 from flows.cli_collect import print_collect
-from flows.cli_common import console, current_project, err, fail, print_ui, validated
+from flows.cli_common import (
+    console,
+    current_project,
+    err,
+    fail,
+    print_ui,
+    validated,
+    writes_project,
+)
 from flows.project import Project
 
 server_app = typer.Typer(help="The project-local Prefect server (127.0.0.1) and its UI.")
@@ -13,6 +21,7 @@ schedule_app = typer.Typer()
 
 
 @schedule_app.command()
+@writes_project
 def retrain() -> None:
     """Collect (params/retrain.yaml), retrain if data changed, promote only a better model."""
     from flows.retrain import retrain_flow

@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from flows.naming import stage_run_name
 from flows.project import Project
 from flows.project.dag import Staleness, in_order
+from flows.project.lock import project_lock
 from flows.stages import STAGES
 from params import TrainParams
 from params.schema import TrainOverrides, validated
@@ -60,11 +61,17 @@ def pipeline_flow(
     the on-demand deployment's form): the keys given (not None) are checked against the
     whole recipe, then written into params/train.yaml, so the run is recorded as usual.
     """
-    from dvc.repo import Repo, lock_repo
-    from dvc.stage import PipelineStage
 
     log = get_run_logger()
     project = Project(Path(root).resolve())
+    with project_lock(project, "pipeline flow run", on_wait=log.warning):
+        return _pipeline(project, force, until, train, log)
+
+
+def _pipeline(project: Project, force: bool, until: str | None, train: TrainOverrides, log):
+    from dvc.repo import Repo, lock_repo
+    from dvc.stage import PipelineStage
+
     given = train.model_dump(exclude_none=True)
     if given and (changed := project.set_params("train", merged(project, given))):
         log.info("params/train.yaml: set %s from the run's parameters", ", ".join(changed))

@@ -21,6 +21,7 @@ from flows.collect import run_collect
 from flows.naming import stage_run_name
 from flows.pipeline import pipeline_flow
 from flows.project import Project
+from flows.project.lock import project_lock
 from flows.report import publish_markdown
 from params import RetrainParams
 from tasks.download import DownloadLimits
@@ -47,8 +48,13 @@ def _publish(decision: Decision | None, message: str) -> None:
 def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
     """Params default to params/retrain.yaml, read when the run starts."""
     project = Project(Path(root).resolve())
-    params = params or project.params("retrain")  # type: ignore[assignment]
     log = get_run_logger()
+    # a scheduled run that comes due while a command writes the project waits for it
+    with project_lock(project, "retrain flow run", on_wait=log.warning):
+        return _retrain(project, params or project.params("retrain"), log)  # type: ignore[arg-type]
+
+
+def _retrain(project: Project, params: RetrainParams, log) -> dict:
     before = data_version(project.root)
     location = str(project.root / params.path) if params.path else ""  # absolute stays absolute
     limits = DownloadLimits(
