@@ -69,7 +69,8 @@ def limits(info: Any) -> str:
 def default(info: Any) -> str:
     if info.default_factory is not None:
         value = info.default_factory()
-        if isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+        models = isinstance(value, dict) and all(isinstance(v, BaseModel) for v in value.values())
+        if value and models:
             return "see below"
     elif info.default is PydanticUndefined:
         return "required"
@@ -79,7 +80,9 @@ def default(info: Any) -> str:
         value = value.model_dump()
     if isinstance(value, enum.Enum):
         value = value.value
-    return f"`{value!r}`" if value is not None else "`null`"
+    if value is None:
+        return "`null`"
+    return f"`{value}`" if isinstance(value, str) and value else f"`{value!r}`"
 
 
 def model_table(model: type[BaseModel]) -> list[str]:
