@@ -42,13 +42,13 @@ def plot_confusion(
     # an image at its pixel size, and a 1,400 px window leaves the pane about 850 px
     fig, axes = plt.subplots(2, 1, figsize=(size, 2 * size))
     for ax, matrix, title, fmt in (
-        (axes[0], counts, "counts", "d"),
-        (axes[1], normalized, "normalised by actual class", ".2f"),
+        (axes[0], counts, "test split: counts", "d"),
+        (axes[1], normalized, "share of each actual class", ".2f"),
     ):
         ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
             ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False, values_format=fmt
         )
-        ax.set_title(f"test confusion matrix ({title})")
+        ax.set_title(title)
     fig.tight_layout()
     save_figure(fig, out_png, dpi=min(100, int(ARTIFACT_WIDTH_PX / size)))
 
