@@ -1,0 +1,1 @@
+"""Prefect tasks and the plain code under them, one module per concern."""

@@ -1,0 +1,25 @@
+"""Training curves as a PNG, for the Prefect UI and for people without `dvc plots`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.figures import pyplot, save_figure
+
+
+def plot_curves(history: pd.DataFrame, out_png: Path) -> None:
+    fig, (ax_loss, ax_acc) = pyplot().subplots(1, 2, figsize=(9, 3.5))
+    epochs = history["epoch"] + 1
+    for col in ("train_loss", "val_loss"):
+        ax_loss.plot(epochs, history[col], marker="o", label=col)
+    for col in ("train_accuracy", "val_accuracy"):
+        ax_acc.plot(epochs, history[col], marker="o", label=col)
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, out_png, dpi=90)

@@ -1,0 +1,167 @@
+"""Test-split metrics with scikit-learn: accuracy, top-k, P/R/F1, ROC-AUC, log loss, calibration.
+
+Figures (confusion matrices, reliability diagram, misclassified gallery) are
+in tasks/figures.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    per_class: pd.DataFrame
+    confusion: np.ndarray  # counts, rows = actual, columns = predicted
+    confusion_normalized: np.ndarray  # each row divided by its count (recall on the diagonal)
+    predictions: pd.DataFrame  # one row per image: path, actual, predicted, confidence, loss…
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
+    """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == targets
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def roc_auc(
+    probs: np.ndarray, targets: np.ndarray, labels: np.ndarray
+) -> tuple[float | None, list]:
+    """(macro one-vs-rest ROC-AUC, per-class AUCs); None where a class lacks positives/negatives."""
+    per_class: list[float | None] = []
+    for c in labels:
+        positive = targets == c
+        per_class.append(
+            float(roc_auc_score(positive, probs[:, c]))
+            if 0 < positive.sum() < len(targets)
+            else None
+        )
+    if len(labels) == 2:
+        overall = per_class[1]
+    elif all(a is not None for a in per_class):
+        overall = float(roc_auc_score(targets, probs, multi_class="ovr", labels=labels))
+    else:
+        overall = None
+    return overall, per_class
+
+
+def evaluate_predictions(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    classes: list[str],
+    paths: list[str],
+    top_k: int,
+    calibration_bins: int = 10,
+) -> Evaluation:
+    labels = np.arange(len(classes))
+    probs = probs / probs.sum(1, keepdims=True)
+    preds = probs.argmax(1)
+    metrics: dict[str, float] = {
+        "accuracy": float(accuracy_score(targets, preds)),
+        "n_test": len(targets),
+        "n_classes": len(classes),
+        "chance_accuracy": float(np.bincount(targets, minlength=len(classes)).max() / len(targets)),
+    }
+    # averages over the classes in the test split or predicted (scikit-learn's own choice):
+    # a class with no test image and no prediction would count as a 0 in every macro mean
+    seen = np.union1d(targets, preds)
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(
+            targets, preds, labels=seen, average=avg, zero_division=0
+        )
+        metrics |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
+    k = min(top_k, len(classes) - 1)
+    if k >= 2:
+        metrics[f"top{k}_accuracy"] = float(
+            top_k_accuracy_score(targets, probs, k=k, labels=labels)
+        )
+    auc, auc_per_class = roc_auc(probs, targets, labels)
+    if auc is not None:
+        metrics["roc_auc_ovr"] = auc
+    metrics["log_loss"] = float(log_loss(targets, probs, labels=labels))
+    metrics["ece"] = expected_calibration_error(probs, targets, calibration_bins)
+    p, r, f, support = precision_recall_fscore_support(
+        targets, preds, labels=labels, zero_division=0
+    )
+    per_class = pd.DataFrame(
+        {
+            "class": classes,
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "roc_auc": auc_per_class,
+            "support": support,
+        }
+    ).round(4)
+    p_true = probs[np.arange(len(targets)), targets]
+    predictions = pd.DataFrame(
+        {
+            "path": paths,
+            "actual": [classes[t] for t in targets],
+            "predicted": [classes[q] for q in preds],
+            "confidence": probs.max(1).round(4),
+            "p_actual": p_true.round(4),
+            "loss": (-np.log(np.clip(p_true, 1e-12, 1))).round(4),
+        }
+    )
+    counts = confusion_matrix(targets, preds, labels=labels)
+    return Evaluation(
+        metrics=metrics,
+        per_class=per_class,
+        confusion=counts,
+        confusion_normalized=confusion_matrix(targets, preds, labels=labels, normalize="true"),
+        predictions=predictions,
+    )
+
+
+def confusion_frame(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """A confusion matrix as a table: one row per actual class, one column per predicted."""
+    frame = pd.DataFrame(matrix, index=classes, columns=classes)
+    frame.index.name = "actual"
+    return frame.reset_index()
+
+
+def misclassified_gallery(predictions: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The `n` misclassified test images with the highest loss (most confidently wrong first)."""
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    rows = wrong.sort_values("loss", ascending=False).head(n).copy()
+    rows["gallery"] = [
+        f"true {r.actual}\npred {r.predicted} ({r.confidence:.2f})" for r in rows.itertuples()
+    ]
+    return rows
+
+
+def headline(metrics: dict, per_class: pd.DataFrame) -> str:
+    """The line a person watching a run reads first: accuracy, macro F1 and the worst class
+    (lowest F1 among the classes with test images; the larger class wins a tie)."""
+    line = (
+        f"test accuracy {metrics['accuracy']:.4f} on {metrics['n_test']} images "
+        f"(chance {metrics['chance_accuracy']:.4f}), macro F1 {metrics['f1_macro']:.4f}"
+    )
+    tested = per_class[per_class["support"] > 0]
+    if len(tested):
+        worst = tested.sort_values(["f1", "support"], ascending=[True, False]).iloc[0]
+        line += (
+            f", worst class {worst['class']} (F1 {worst['f1']:.4f}, recall "
+            f"{worst['recall']:.4f}, {int(worst['support'])} images)"
+        )
+    return line
