@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -31,8 +32,10 @@ _LIMITS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "length
 
 def _cell(text: str) -> str:
     """Text that stays inside one Markdown table cell."""
-    text = text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("\n", " ").strip()
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    for i in range(0, len(parts), 2):  # outside code spans: <label> is text, not an HTML tag
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts).strip()
 
 
 def type_name(annotation: Any) -> str:
@@ -118,10 +121,9 @@ def params_page() -> str:
             for dim in (schema.FloatDim, schema.IntDim, schema.CategoricalDim):
                 out += [f"### `{dim.__name__}`", "", *model_table(dim), ""]
             space = schema.TuneParams.model_fields["space"].default_factory()
-            out += ["The default space:", "", "```yaml"]
-            for key, dim in space.items():
-                out.append(f"{key}: {dim.model_dump()}")
-            out += ["```", ""]
+            dims = {key: dim.model_dump() for key, dim in space.items()}
+            dumped = yaml.safe_dump({"space": dims}, default_flow_style=None, sort_keys=False)
+            out += ["The default space:", "", "```yaml", dumped.strip(), "```", ""]
     return "\n".join(out)
 
 
