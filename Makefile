@@ -1,9 +1,12 @@
 # Two entry points: `make demo` (set up, collect the demo set, run the pipeline)
-# and `make test` (set up, run the tests). Everything lives in .venv.
+# and `make test` (set up with the test extras, run the tests). Everything lives in .venv.
+# The demo installs only what the pipeline needs; each extra has its own stamp.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+STAMP_DEMO := $(VENV)/.installed-demo
+STAMP_DEV  := $(VENV)/.installed-dev
+STAMP_DOCS := $(VENV)/.installed-docs
 
 export DVC_NO_ANALYTICS := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -11,17 +14,31 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test bench lint format stop clean-artifacts
+export NO_MKDOCS_2_WARNING := 1
 
-$(STAMP): pyproject.toml
+.PHONY: install install-dev demo test docs bench lint format stop clean-artifacts
+
+# what the demo (and every visiontune command) needs: the package alone
+$(STAMP_DEMO): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e .
 	# dvc plots show/diff with Vega inlined (npm), so the charts render offline
 	$(BIN)/visiontune offline-plots || echo "warning: dvc plots will load Vega from its CDN"
-	touch $(STAMP)
+	touch $(STAMP_DEMO)
 
-install: $(STAMP)
+# the tests, benchmarks and linters: pytest, ruff, the servers the tests start, the docs build
+$(STAMP_DEV): $(STAMP_DEMO) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP_DEV) $(STAMP_DOCS)
+
+$(STAMP_DOCS): $(STAMP_DEMO) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(STAMP_DOCS)
+
+install: $(STAMP_DEMO)
+
+install-dev: $(STAMP_DEV)
 
 demo: install
 	$(BIN)/visiontune server start
@@ -29,20 +46,24 @@ demo: install
 	$(BIN)/visiontune run
 	@echo "The Prefect server keeps running for the UI; stop it with: make stop"
 
-test: install
+test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-# speed and scale against baselines → benchmarks/results.md (≈6–8 min on 2 CPU cores)
-bench: install
+# the manual (mkdocs-material) on http://127.0.0.1:8000, rebuilt on every change
+docs: $(STAMP_DOCS)
+	$(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+# speed and scale against baselines → benchmarks/results.md (≈17 min on 2 CPU cores)
+bench: install-dev
 	$(BIN)/python -m benchmarks
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.naming import stage_run_name
 from flows.project import Project
@@ -35,6 +35,14 @@ def augment_flow(params: AugmentParams, train: TrainParams, root: str = ".") -> 
     publish_markdown(
         "augment-balance",
         f"# class balance: `{params.balance}`\n\n" + plan_table(plan).to_markdown(index=False),
+    )
+    get_run_logger().info(
+        "augment: %s preset at %d px, balance %s, mean %s, std %s",
+        params.preset,
+        params.image_size,
+        params.balance,
+        tuple(round(v, 3) for v in mean),
+        tuple(round(v, 3) for v in std),
     )
     return {
         "image_size": params.image_size,

@@ -50,11 +50,6 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
         .reset_index()
     )
     total = sum(result.raw_counts.values())
-    print(
-        f"clean: decoded {len(result.processed)} of {total} file(s) "
-        f"({total - len(result.processed)} from the cache); kept {len(manifest)}, "
-        f"rejected {len(result.rejected)}"
-    )
     warnings = []
     if result.rebuilt_shards:
         warnings.append(
@@ -84,6 +79,15 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
     if result.rejected:
         publish_table("clean-rejected", pd.read_csv(out / "rejected.csv"), "rejected files")
         log.warning("%d file(s) rejected: see %s", len(result.rejected), out / "rejected.csv")
+    log.info(  # the run's last line: what a person watching the UI wants to know
+        "clean: decoded %d of %d file(s) (%d from the cache); kept %d in %d classes, rejected %d",
+        len(result.processed),
+        total,
+        total - len(result.processed),
+        len(manifest),
+        (classes["kept"] > 0).sum(),
+        len(result.rejected),
+    )
     return {
         "kept": len(manifest),
         "rejected": len(result.rejected),

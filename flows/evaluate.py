@@ -5,13 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.naming import stage_run_name
 from flows.project import Project
 from flows.report import publish_image, publish_markdown, publish_table
 from params import EvaluateParams
-from tasks.evaluate import confusion_frame, evaluate_predictions, misclassified_gallery
+from tasks.evaluate import (
+    confusion_frame,
+    evaluate_predictions,
+    headline,
+    misclassified_gallery,
+)
 from tasks.figures import plot_confusion, plot_gallery, plot_reliability
 from tasks.files import fresh_dir, write_csv, write_json
 from tasks.inference import MODEL, class_labels, predict_probs
@@ -64,12 +69,14 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
     title = "misclassified test images, highest loss first" if len(gallery) else "no mistakes"
     plot_gallery(gallery, clean_dir, title, out / "misclassified.png")
     publish_image("evaluate-misclassified", out / "misclassified.png", "misclassified images")
+    summary = headline(ev.metrics, ev.per_class)
     publish_markdown(
         "evaluate-summary",
-        "# evaluate (test split)\n\n"
+        f"# evaluate (test split)\n\n{summary}\n\n"
         + pd.Series(ev.metrics).to_frame("value").to_markdown(floatfmt=".4f"),
     )
     publish_table("evaluate-per-class", ev.per_class, "per-class metrics on the test split")
     publish_image("evaluate-confusion", out / "confusion.png", "test confusion matrix")
     publish_image("evaluate-reliability", out / "reliability.png", "reliability diagram")
+    get_run_logger().info("evaluate: %s", summary)
     return ev.metrics

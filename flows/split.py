@@ -38,4 +38,12 @@ def split_flow(params: SplitParams, root: str = ".") -> dict:
     for message in plan.messages:
         log.warning(message)
     publish_markdown("split-summary", summary)
-    return {s: int(counts[s].sum()) for s in SPLITS}
+    sizes = {s: int(counts[s].sum()) for s in SPLITS}
+    log.info(
+        "split: %s of %d images in %d classes%s",
+        ", ".join(f"{n} {s}" for s, n in sizes.items()),
+        len(split),
+        len(counts),
+        f", {params.folds} folds over train + val" if params.folds else "",
+    )
+    return sizes

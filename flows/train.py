@@ -16,6 +16,7 @@ from flows.report import ProgressArtifact, publish_image, publish_markdown
 from params import TrainParams
 from tasks.curves import plot_curves
 from tasks.files import write_csv
+from tasks.inference import MODEL
 from tasks.train import CHECKPOINT, EpochMetrics, fit, load_checkpoint, run_fingerprint
 from tasks.tune import final_training
 
@@ -102,4 +103,16 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
         + history.round(4).to_markdown(index=False),
     )
     publish_image("train-curves", out / "curves.png", "training curves")
+    kept = f"epoch {summary['best_epoch']} of {summary['epochs_run']} kept"
+    if best and best.val_accuracy is not None:
+        kept += f" (val accuracy {best.val_accuracy:.4f}, val loss {best.val_loss:.4f})"
+    log.info(
+        "train: %s on %d images%s; %s%s → %s",
+        params.model,
+        trained_on,
+        " (train + val: refit)" if refit else "",
+        kept,
+        ", stopped early" if result.stopped_early else "",
+        out / MODEL,
+    )
     return summary

@@ -126,11 +126,12 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
     (out / STUDY_DIR).mkdir(exist_ok=True)
     plots = out / "plots"
     plots.mkdir()
+    log = get_run_logger()
     if params.n_trials == 0:
         record = passthrough_record(params, train)
         write_csv(pd.DataFrame(columns=["number", "value", "state"]), out / "trials.csv")
+        outcome = "no search (n_trials: 0), train.yaml's values pass through"
     else:
-        log = get_run_logger()
         progress = ProgressArtifact("tune-progress", "trials")
 
         def on_trial(result: dict, finished: int) -> None:
@@ -159,6 +160,12 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
         )
         if "kept_start_point" in record:
             log.info("kept train.yaml's values: %s", record["kept_start_point"])
+        chosen = (
+            "kept train.yaml's values"
+            if "kept_start_point" in record
+            else f"chose trial {record['best_trial']}"
+        )
+        outcome = f"{len(table)} trial(s), {chosen}"
     write_yaml(record, out / "best_params.yaml")
     write_json(
         {k: v for k, v in record.items() if isinstance(v, int | float)}, out / "summary.json"
@@ -172,6 +179,7 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
         + "\n\n**params for train**\n\n"
         + pd.Series(record["params"]).to_frame("value").to_markdown(),
     )
+    log.info("tune: %s; train gets %s", outcome, record["params"])
     return record
 
 

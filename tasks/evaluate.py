@@ -148,3 +148,20 @@ def misclassified_gallery(predictions: pd.DataFrame, n: int) -> pd.DataFrame:
         f"true {r.actual}\npred {r.predicted} ({r.confidence:.2f})" for r in rows.itertuples()
     ]
     return rows
+
+
+def headline(metrics: dict, per_class: pd.DataFrame) -> str:
+    """The line a person watching a run reads first: accuracy, macro F1 and the worst class
+    (lowest F1 among the classes with test images; the larger class wins a tie)."""
+    line = (
+        f"test accuracy {metrics['accuracy']:.4f} on {metrics['n_test']} images "
+        f"(chance {metrics['chance_accuracy']:.4f}), macro F1 {metrics['f1_macro']:.4f}"
+    )
+    tested = per_class[per_class["support"] > 0]
+    if len(tested):
+        worst = tested.sort_values(["f1", "support"], ascending=[True, False]).iloc[0]
+        line += (
+            f", worst class {worst['class']} (F1 {worst['f1']:.4f}, recall "
+            f"{worst['recall']:.4f}, {int(worst['support'])} images)"
+        )
+    return line

@@ -20,6 +20,9 @@ def pyplot():
     return plt
 
 
+ARTIFACT_WIDTH_PX = 800  # widest image that fits the Prefect UI's artifact pane (1,400 px window)
+
+
 def save_figure(fig, out_png: Path, dpi: int = 100) -> None:
     """Every figure the project writes goes through here: an atomic PNG, then closed."""
     with atomic_path(out_png) as tmp:
@@ -35,17 +38,19 @@ def plot_confusion(
 
     plt = pyplot()
     size = 2.5 + 0.6 * len(classes)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    # stacked, not side by side, and never wider than an artifact pane: the Prefect UI shows
+    # an image at its pixel size, and a 1,400 px window leaves the pane about 850 px
+    fig, axes = plt.subplots(2, 1, figsize=(size, 2 * size))
     for ax, matrix, title, fmt in (
-        (axes[0], counts, "counts", "d"),
-        (axes[1], normalized, "normalised by actual class", ".2f"),
+        (axes[0], counts, "test split: counts", "d"),
+        (axes[1], normalized, "share of each actual class", ".2f"),
     ):
         ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
             ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False, values_format=fmt
         )
-        ax.set_title(f"test confusion matrix ({title})")
+        ax.set_title(title)
     fig.tight_layout()
-    save_figure(fig, out_png)
+    save_figure(fig, out_png, dpi=min(100, int(ARTIFACT_WIDTH_PX / size)))
 
 
 def plot_reliability(
@@ -92,7 +97,7 @@ def plot_gallery(
 
     plt = pyplot()
     n = max(1, len(rows))
-    cols = min(8, n)
+    cols = min(4, n)  # 4 × 1.9 in at 90 dpi fits the Prefect UI's artifact pane
     lines = (n + cols - 1) // cols
     fig, axes = plt.subplots(lines, cols, figsize=(1.9 * cols, 2.2 * lines), squeeze=False)
     for ax in axes.flat:

@@ -13,8 +13,13 @@ from sklearn.metrics import (
 )
 
 from flows.evaluate import misclassified_gallery
-from tasks.evaluate import confusion_frame, evaluate_predictions, expected_calibration_error
-from tasks.figures import plot_confusion, plot_gallery, plot_reliability
+from tasks.evaluate import (
+    confusion_frame,
+    evaluate_predictions,
+    expected_calibration_error,
+    headline,
+)
+from tasks.figures import ARTIFACT_WIDTH_PX, plot_confusion, plot_gallery, plot_reliability
 from tests.images import write_cache
 
 CLASSES = ["a", "b", "c"]
@@ -132,3 +137,32 @@ def test_figures_and_the_misclassified_gallery(tmp_path):
     for name in ("gallery.png", "confusion.png", "reliability.png"):
         header = (tmp_path / name).read_bytes()[:24]  # PNG signature, then IHDR's width
         assert header.startswith(b"\x89PNG") and int.from_bytes(header[16:20], "big") > 100
+
+
+def _png_size(path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]  # PNG signature, then IHDR's width and height
+    assert header.startswith(b"\x89PNG")
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_headline_names_accuracy_macro_f1_and_the_worst_class():
+    ev = evaluate_predictions(known_probs(), TARGETS, CLASSES, [f"{i}" for i in range(10)], 2)
+    line = headline(ev.metrics, ev.per_class)
+    assert line.startswith("test accuracy 0.7000 on 10 images (chance 0.5000), macro F1 ")
+    assert f"macro F1 {f1_score(TARGETS, PREDS, average='macro'):.4f}" in line
+    # a (2 of 3 right, precision 2/3) and b (2 of 2, precision 2/4) tie at F1 2/3; c has 0.75:
+    # the larger of the tied classes is named
+    assert line.endswith("worst class a (F1 0.6667, recall 0.6667, 3 images)")
+
+
+def test_confusion_matrix_fits_the_artifact_pane_for_many_classes(tmp_path):
+    classes = [f"class_{i:02d}" for i in range(30)]
+    targets = np.arange(60) % 30
+    probs = np.full((60, 30), 0.01)
+    probs[np.arange(60), (targets + np.arange(60) % 2) % 30] = 0.9
+    ev = evaluate_predictions(probs, targets, classes, [str(i) for i in range(60)], top_k=3)
+    for n, names in ((3, CLASSES), (30, classes)):
+        matrix = ev.confusion[:n, :n]
+        plot_confusion(matrix, ev.confusion_normalized[:n, :n], names, tmp_path / f"{n}.png")
+        width, height = _png_size(tmp_path / f"{n}.png")
+        assert 300 < width <= ARTIFACT_WIDTH_PX and height > width  # the two matrices stacked

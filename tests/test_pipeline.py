@@ -181,6 +181,10 @@ def test_prefect_recorded_the_pipeline_and_its_stage_subflows(ran_project):
         assert all(r.state.is_completed() for r in [first, *stage_runs.values()])
         run_ids = {r.id for r in stage_runs.values()}
         keys = {a.key for a in client.read_artifacts(artifact_filter=of_runs(run_ids))}
+        last_lines = {name: _last_own_log_line(client, r.id) for name, r in stage_runs.items()}
+    for name, line in last_lines.items():  # each stage's log ends with its summary line
+        assert line.startswith(f"{name}: "), (name, line)
+    assert all(f in last_lines["evaluate"] for f in ("accuracy", "macro F1", "worst class"))
     assert {
         "clean-summary",
         "split-summary",
@@ -192,6 +196,20 @@ def test_prefect_recorded_the_pipeline_and_its_stage_subflows(ran_project):
         "evaluate-per-class",
         "evaluate-confusion",
     } <= keys
+
+
+def _last_own_log_line(client, run_id) -> str:
+    """The run's last log message before Prefect's own "Finished in state ..." line."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    logs = client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+        sort=LogSort.TIMESTAMP_DESC,
+        limit=20,
+    )
+    own = [g.message for g in logs if not g.message.startswith(("Finished in state", "Beginning"))]
+    return own[0] if own else ""
 
 
 def test_dvc_repro_alone_gives_the_same_data_outputs(ran_project, tmp_path):
