@@ -47,3 +47,16 @@ def kill_when(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+def start_visiontune(root: Path, *args: str) -> subprocess.Popen:
+    """`visiontune ARGS` in `root`, its own session, stdout and stderr piped as text."""
+    return subprocess.Popen(
+        ["visiontune", *args],
+        cwd=root,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )

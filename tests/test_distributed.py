@@ -1,9 +1,10 @@
 """DDP under torchrun, on CPU with the Gloo backend: two ranks stay in step, only rank 0 writes."""
 
 import os
-import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,12 @@ from tasks.checkpoint import load_torch
 from tasks.train import CHECKPOINT, MODEL
 from tests.conftest import REPO
 from tests.training import save_inputs, tiny_train_data
+
+
+def _logs(folder: Path) -> str:
+    """The ranks' torchrun logs under `folder`, for a failure message."""
+    return "".join(f"\n== {p}\n{p.read_text()[-2000:]}" for p in sorted(folder.rglob("*.log")))
+
 
 CHILD = """
 import json, os, sys
@@ -93,7 +100,7 @@ def test_dvc_repro_trains_on_two_nodes_under_the_launcher_from_the_environment(
         "--node-rank=1",
         f"--log-dir={logs / 'node1'}",
         "--redirects=3",
-        shutil.which("visiontune") or "visiontune",
+        str(Path(sys.executable).with_name("visiontune")),
         "stage",
         "train",
         cwd=project,
@@ -101,17 +108,26 @@ def test_dvc_repro_trains_on_two_nodes_under_the_launcher_from_the_environment(
     os.environ["VISIONTUNE_LAUNCHER"] = (
         f"{torchrun} --node-rank=0 --log-dir={logs / 'node0'} --redirects=3"
     )
+    repro = None
     try:
-        # a node 1 that dies (e.g. `visiontune` not on PATH) leaves rank 0 waiting on it
-        repro = sh("dvc", "repro", "train", cwd=project, timeout=600)
-        assert node1.wait(timeout=300) == 0
+        out = (tmp_path / "repro.log").open("w")  # a file: an unread pipe would stall dvc
+        repro = start("dvc", "repro", "train", cwd=project, stdout=out)
+        deadline = time.monotonic() + 600
+        while repro.poll() is None:  # a node 1 that dies leaves rank 0 waiting on it
+            assert node1.poll() in (None, 0), _logs(logs / "node1")
+            assert time.monotonic() < deadline, "dvc repro train still running after 600 s"
+            time.sleep(1)
+        stdout = (tmp_path / "repro.log").read_text()
+        assert repro.returncode == 0, stdout[-3000:] + _logs(logs / "node0")
+        assert node1.wait(timeout=300) == 0, _logs(logs / "node1")
     finally:
         del os.environ["VISIONTUNE_LAUNCHER"]
-        if node1.poll() is None:
-            os.killpg(node1.pid, 9)
-            node1.wait()
-    assert "Running stage 'train'" in repro.stdout
-    assert "launching: " in repro.stdout and "torch.distributed.run" in repro.stdout
+        for proc in (node1, repro):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    assert "Running stage 'train'" in stdout
+    assert "launching: " in stdout and "torch.distributed.run" in stdout
     ranks = sorted(p.relative_to(logs).parts[0] for p in logs.rglob("stdout.log"))
     assert ranks == ["node0", "node1"], list(logs.rglob("*"))
     assert (project / "artifacts" / "train" / "model.pt").is_file()

@@ -15,21 +15,10 @@ import pytest
 from flows.project import Project
 from flows.project.lock import lock_path, project_lock, read_holder
 from tests.images import write_collect_source
+from tests.processes import start_visiontune
 from tests.project import TINY_PARAMS, env, make_project, sh
 
 QUICK = {**TINY_PARAMS, "tune": {"n_trials": 0}}
-
-
-def _start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["visiontune", *args],
-        cwd=root,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def _held_by(root: Path, pid: int, timeout: float = 120) -> None:
@@ -83,15 +72,15 @@ def test_two_runs_at_once_one_waits_one_refuses_and_a_killed_holder_is_taken_ove
     source = write_collect_source(tmp_path / "source", per_class=6)
     root = make_project(tmp_path / "project", QUICK)
     sh("visiontune", "collect", "folder", str(source), cwd=root)
-    first = _start(root, "run")
+    first = start_visiontune(root, "run")
     _held_by(root, first.pid)
-    refused = _start(root, "run", "--no-wait")
+    refused = start_visiontune(root, "run", "--no-wait")
     out, errors = refused.communicate(timeout=120)
     assert refused.returncode == 75, errors
     lines = errors.strip().splitlines()
     assert len(lines) == 1, errors
     assert lines[0].startswith(f"error: the project is locked by PID {first.pid} (visiontune run")
-    waiting = _start(root, "run")
+    waiting = start_visiontune(root, "run")
     out, errors = waiting.communicate(timeout=600)
     assert waiting.returncode == 0, errors[-3000:]
     assert errors.startswith(f"waiting for the project lock, held by PID {first.pid}")
@@ -100,7 +89,7 @@ def test_two_runs_at_once_one_waits_one_refuses_and_a_killed_holder_is_taken_ove
     assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=root).stdout
 
     # a holder killed with SIGKILL leaves no lock behind: the next command starts at once
-    killed = _start(root, "run", "--force")
+    killed = start_visiontune(root, "run", "--force")
     _held_by(root, killed.pid)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
@@ -122,7 +111,7 @@ def test_commands_started_together_all_finish_and_leave_the_project_clean(tmp_pa
         ("collect", "folder", str(source)),
         ("run", "--no-wait"),
     ]
-    procs = [_start(root, *kinds[i % len(kinds)]) for i in range(n)]
+    procs = [start_visiontune(root, *kinds[i % len(kinds)]) for i in range(n)]
     for proc, kind in zip(procs, [kinds[i % len(kinds)] for i in range(n)], strict=True):
         out, errors = proc.communicate(timeout=900)
         assert "Traceback" not in out + errors, (kind, errors[-3000:])

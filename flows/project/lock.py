@@ -77,6 +77,14 @@ def _inherited(path: Path) -> bool:
     return False
 
 
+def _worker_rank() -> bool:
+    """True in a torchrun worker of global rank > 0. Rank 0 holds the lock for the whole job;
+    another node's ranks are not its children, and waiting for the lock there would deadlock
+    rank 0, which waits for them at the rendezvous."""
+    rank = os.environ.get("RANK", "0")
+    return rank.isdigit() and int(rank) > 0
+
+
 @contextlib.contextmanager
 def project_lock(
     project: Project,
@@ -88,7 +96,7 @@ def project_lock(
     """Hold the project's lock for the block. Held by another process: with `wait`, call
     `on_wait(line naming the holder)` once and wait; without, raise ProjectLocked."""
     path = lock_path(project)
-    if path in _held or _inherited(path):
+    if path in _held or _inherited(path) or _worker_rank():
         _held[path] = _held.get(path, 0) + 1
         try:
             yield

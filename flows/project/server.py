@@ -71,14 +71,18 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def recorded_server(project: Project) -> ServerInfo | None:
+    """The server `.prefect/server.json` records, alive or not."""
+    try:
+        return ServerInfo(**json.loads(_state_file(project).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def running_server(project: Project) -> ServerInfo | None:
     """The project's server if its PID is alive and it answers /api/health."""
-    state = _state_file(project)
-    if not state.is_file():
-        return None
-    try:
-        info = ServerInfo(**json.loads(state.read_text()))
-    except (ValueError, TypeError):
+    info = recorded_server(project)
+    if info is None:
         return None
     if _alive(info.pid) and healthy(info.api_url):
         return info

@@ -25,15 +25,10 @@ _started: set[str] = set()
 
 def server_pid(project: Project, api_url: str) -> int | None:
     """The PID of the project's own server when `api_url` is that server's."""
-    from flows.project.server import ServerInfo, _state_file
+    from flows.project.server import recorded_server
 
-    try:
-        import json
-
-        info = ServerInfo(**json.loads(_state_file(project).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    return info.pid if info.api_url == api_url.rstrip("/") else None
+    info = recorded_server(project)
+    return info.pid if info and info.api_url == api_url.rstrip("/") else None
 
 
 def _alive(pid: int) -> bool:
