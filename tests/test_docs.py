@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import typer
 
 from flows.cli import app
@@ -92,3 +93,48 @@ def test_readme_is_short_and_relative_links_resolve():
                 broken.append(f"{page.relative_to(REPO)}: {target}")
     assert not broken
     assert "docs/ui-pipeline-run.png" in readme.read_text()
+
+
+def _block_after(page: Path, heading: str) -> list[str]:
+    """The commands of the first ```bash block under `heading`, comments dropped."""
+    text = page.read_text().split(heading, 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.e2e
+def test_the_getting_started_commands_run_on_tiny_data(tmp_path):
+    """The 'Your own data' block, line for line, with its two paths pointed at tiny folders."""
+    from flows.project import Project
+    from flows.project.server import running_server, stop_server
+    from tests.images import write_image_folder
+    from tests.project import TINY_PARAMS, env, make_project
+
+    commands = _block_after(DOCS / "getting-started.md", "## Your own data")
+    assert commands[0] == "visiontune server start" and len(commands) >= 5, commands
+    write_image_folder(tmp_path / "images", per_class=6)
+    write_image_folder(tmp_path / "new", per_class=1, seed=1)
+    root = make_project(tmp_path / "project", {**TINY_PARAMS, "tune": {"n_trials": 0}})
+    local = {"path/to/images": str(tmp_path / "images"), "new_photos/": str(tmp_path / "new")}
+    server_vars = ("PREFECT_API_URL", "PREFECT_HOME")  # as a user has it: the project's server
+    variables = {k: v for k, v in env().items() if k not in server_vars}
+    shown = {}
+    try:
+        for command in commands:
+            for doc, here in local.items():
+                command = command.replace(doc, here)
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=root, env=variables, capture_output=True, text=True
+            )
+            assert done.returncode == 0, (command, done.stderr[-3000:])
+            assert "Traceback" not in done.stdout + done.stderr, command
+            shown[command.split()[1]] = done.stdout
+    finally:
+        if running_server(Project(root)):
+            stop_server(Project(root))
+    assert "accuracy" in shown["metrics"], shown["metrics"]
+    assert "http://127.0.0.1:" in shown["server"]  # the UI address
+    predictions = root / "artifacts" / "predict" / "predictions.csv"
+    assert len(predictions.read_text().splitlines()) == 1 + 3  # a header and 3 images
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=root, capture_output=True, text=True)
+    assert log.stdout.splitlines()[0] == "my data, my model"

@@ -64,7 +64,7 @@ def test_a_run_whose_server_dies_ends_in_one_line_and_the_next_run_resumes(tmp_p
 
 
 # kill points, as fractions of an uninterrupted run's time; VISIONTUNE_KILL_POINTS=N spreads N
-KILL_POINTS = int(os.environ.get("VISIONTUNE_KILL_POINTS", "3"))
+KILL_POINTS = int(os.environ.get("VISIONTUNE_KILL_POINTS", "2"))
 
 
 def _results(root) -> dict:
