@@ -54,13 +54,13 @@ def _state_file(project: Project) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """A zombie (exited, not yet reaped by the process that started it) is not alive."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:

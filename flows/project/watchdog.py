@@ -19,26 +19,16 @@ import time
 from collections.abc import Callable
 
 from flows.project import Project
+from flows.project.server import _alive as server_alive
+from flows.project.server import recorded_server
 
 _started: set[str] = set()
 
 
 def server_pid(project: Project, api_url: str) -> int | None:
     """The PID of the project's own server when `api_url` is that server's."""
-    from flows.project.server import recorded_server
-
     info = recorded_server(project)
     return info.pid if info and info.api_url == api_url.rstrip("/") else None
-
-
-def _alive(pid: int) -> bool:
-    """A zombie (exited, not yet reaped by the process that started it) is not alive."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def watch(
@@ -68,7 +58,7 @@ def watch(
             now = time.monotonic()
             failing_since = failing_since or now
             misses += 1
-            gone = pid is not None and not _alive(pid) and misses >= 2
+            gone = pid is not None and not server_alive(pid) and misses >= 2
             if gone or now - failing_since >= grace:
                 on_dead(api_url, now - failing_since + interval)
                 return
