@@ -48,20 +48,27 @@ def serve(
     One run at a time: both deployments write the same project, so a run that comes due
     while another is running waits for it.
     """
-    from prefect import serve as prefect_serve
-
     from flows.pipeline import pipeline_flow
     from flows.retrain import retrain_flow
+    from flows.serving import serve as serve_deployments
 
     project = current_project()
     validated(project)
     root = {"root": str(project.root)}
-    console.print(f"serving 'retrain/{name}' on cron '{cron}' and 'pipeline/on-demand'")
-    prefect_serve(
+    console.print(
+        f"serving 'retrain/{name}' on cron '{cron}' and 'pipeline/on-demand'; Ctrl-C stops"
+    )
+    stopped = serve_deployments(
         retrain_flow.to_deployment(name=name, cron=cron, parameters=root),
         pipeline_flow.to_deployment(name="on-demand", parameters=root),
         limit=1,
     )
+    ended = (
+        f"; ended {', '.join(stopped.ended)}: its stage resumes on the next run"
+        if stopped.ended
+        else ""
+    )
+    console.print(f"stopped by {stopped.signal}{ended}", highlight=False, soft_wrap=True)
 
 
 def _warn_server_errors(project: Project, info) -> bool:

@@ -77,41 +77,6 @@ def test_project_server_starts_on_loopback_and_stops_by_pid(tmp_path, monkeypatc
     assert not stop_server(project)
 
 
-def test_serve_registers_a_scheduled_deployment(tmp_path, prefect_server):
-    import subprocess
-    import time
-
-    from prefect.client.orchestration import get_client
-
-    from tests.conftest import REPO
-    from tests.project import env
-
-    proc = subprocess.Popen(
-        ["visiontune", "serve", "--cron", "0 4 * * *", "--name", "test-nightly"],
-        cwd=REPO,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        deployment = None
-        with get_client(sync_client=True) as client:
-            while deployment is None and time.monotonic() < deadline:
-                found = [d for d in client.read_deployments() if d.name == "test-nightly"]
-                deployment = found[0] if found else None
-                time.sleep(1)
-        assert deployment is not None, "no deployment registered within 120 s"
-        assert deployment.parameters["root"] == str(REPO)
-        assert [s.schedule.cron for s in deployment.schedules] == ["0 4 * * *"]
-        with get_client(sync_client=True) as client:
-            flow = client.read_flow(deployment.flow_id)
-        assert flow.name == "retrain"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def _running(pid: int) -> bool:
     import psutil
 
