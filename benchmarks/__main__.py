@@ -1,4 +1,4 @@
-"""Run every benchmark and write benchmarks/results.md: `make bench` (≈6–8 min on 2 CPU cores).
+"""Run every benchmark and write benchmarks/results.md: `make bench` (≈23 min on 2 CPU cores).
 
     python -m benchmarks [--images 10000] [--out benchmarks/results.md] [--only NAME ...]
                          [--recipe-full]
@@ -29,6 +29,7 @@ NAMES = (
     "scale",
     "recipe",
     "export",
+    "faults",
 )
 
 
@@ -81,6 +82,10 @@ def run(
         from benchmarks import export
 
         rows += export.run()
+    if "faults" in names:
+        from benchmarks import faults
+
+        rows += faults.run()
     if "recipe" in names:
         from benchmarks import recipe
 

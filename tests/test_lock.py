@@ -100,16 +100,19 @@ def test_two_runs_at_once_one_waits_one_refuses_and_a_killed_holder_is_taken_ove
 
 @pytest.mark.e2e
 def test_commands_started_together_all_finish_and_leave_the_project_clean(tmp_path, prefect_server):
-    """A small stress: runs, a stage and a collect of the same source at once."""
-    n = int(os.environ.get("VISIONTUNE_STRESS", "4"))
+    """A small stress: runs, a stage, a collect and a retrain of the same source at once
+    (`make bench` starts 15: benchmarks/faults.py)."""
+    n = int(os.environ.get("VISIONTUNE_STRESS", "5"))
     source = write_collect_source(tmp_path / "source", per_class=6)
-    root = make_project(tmp_path / "project", QUICK)
+    retrain = {"source": "folder", "path": str(source)}
+    root = make_project(tmp_path / "project", {**QUICK, "retrain": retrain})
     sh("visiontune", "collect", "folder", str(source), cwd=root)
     kinds = [
         ("run",),
         ("stage", "split"),
         ("collect", "folder", str(source)),
         ("run", "--no-wait"),
+        ("retrain",),
     ]
     procs = [start_visiontune(root, *kinds[i % len(kinds)]) for i in range(n)]
     for proc, kind in zip(procs, [kinds[i % len(kinds)] for i in range(n)], strict=True):
