@@ -18,22 +18,35 @@ export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: install install-dev demo test docs bench lint format stop clean-artifacts
 
+# Installs go through uv when it installs (≈3× faster than pip here), given what pip is
+# configured with (constraints, find-links, indexes) and pip's rule of the best version over
+# every index, so both pick the same versions; pip itself is the fallback.
+PIP_TO_UV = $(BIN)/python -m pip config list 2>/dev/null | sed -nE \
+	"s/^[^=]*\.(constraint|find-links|extra-index-url|index-url)='(.*)'$$/\1 \2/p" | \
+	while read -r key values; do for v in $$values; do printf -- '--%s %s ' "$$key" "$$v"; done; done
+define install
+	( $(BIN)/python -m pip install --quiet uv 2>/dev/null && \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode \
+	    --index-strategy unsafe-best-match $$($(PIP_TO_UV)) $(1) ) || \
+	$(BIN)/python -m pip install --quiet $(1)
+endef
+
 # what the demo (and every visiontune command) needs: the package alone
 $(STAMP_DEMO): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(call install,-e .)
 	# dvc plots show/diff with Vega inlined (npm), so the charts render offline
 	$(BIN)/visiontune offline-plots || echo "warning: dvc plots will load Vega from its CDN"
 	touch $(STAMP_DEMO)
 
 # the tests, benchmarks and linters: pytest, ruff, the servers the tests start, the docs build
 $(STAMP_DEV): $(STAMP_DEMO) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(call install,-e ".[dev]")
 	touch $(STAMP_DEV) $(STAMP_DOCS)
 
 $(STAMP_DOCS): $(STAMP_DEMO) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	$(call install,-e ".[docs]")
 	touch $(STAMP_DOCS)
 
 install: $(STAMP_DEMO)
