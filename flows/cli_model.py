@@ -26,7 +26,11 @@ def _model_file(project: Project, model: Path | None) -> Path:
 
 @model_app.command()
 def predict(
-    target: Path = typer.Argument(..., help="an image file or a folder of images (recursive)"),
+    target: Path = typer.Argument(
+        ...,
+        help="an image file, a folder of images (recursive), or a CSV/parquet manifest with "
+        "`path` and `label` or `labels` columns (its images are scored against their labels)",
+    ),
     top_k: int = typer.Option(3, "--top-k", min=1, help="classes listed per image"),
     model: Path | None = typer.Option(
         None,
@@ -36,19 +40,31 @@ def predict(
     csv: Path | None = typer.Option(
         None, help="where to write the CSV (default artifacts/predict/predictions.csv)"
     ),
+    threshold: float | None = typer.Option(
+        None,
+        min=0,
+        max=1,
+        help="multi-label models: one probability cut for every label, instead of the "
+        "per-label thresholds chosen on the validation split",
+    ),
 ) -> None:
     """Classify images with the trained model: print a table and write a CSV."""
     from rich.progress import Progress
 
     from tasks.files import write_csv
     from tasks.inference import ModelFormatError
-    from tasks.predict import list_images, predict_images
+    from tasks.predict import Listing, list_images, predict_images, read_manifest
 
     project = current_project()
     model_pt = _model_file(project, model)
+    truth = None
     try:
-        listing = list_images(target)
-    except FileNotFoundError as exc:
+        if target.suffix.lower() in (".csv", ".parquet") and target.is_file():
+            manifest = read_manifest(target)
+            listing, truth = Listing(manifest.images, []), manifest.truth
+        else:
+            listing = list_images(target)
+    except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     paths = listing.images
     if listing.skipped:
@@ -66,33 +82,39 @@ def predict(
                 top_k=top_k,
                 batch_size=BATCH,
                 on_batch=lambda n: progress.advance(task, n),
-                root=target if target.is_dir() else target.parent,
+                root=None if truth is not None else target if target.is_dir() else target.parent,
+                threshold=threshold,
             )
         except ModelFormatError as exc:
             fail(str(exc), 1)
     out = csv or project.artifacts("predict") / "predictions.csv"
     write_csv(frame, out)
-    table = Table(title=f"predictions ({model_pt.name})")
-    for column in ("image", "predicted", "confidence", f"top {top_k}"):
-        table.add_column(column, justify="right" if column == "confidence" else "left")
-    for row in frame.head(MAX_ROWS).to_dict(orient="records"):
-        shown = _shown(Path(row["path"]), target)
-        if row.get("error"):
-            table.add_row(shown, "[red]error[/red]", "", row["error"])
-            continue
-        tops = ", ".join(
-            f"{row[f'top{i}']} {row[f'p{i}']:.2f}" for i in range(1, top_k + 1) if f"top{i}" in row
-        )
-        table.add_row(shown, row["predicted"], f"{row['confidence']:.3f}", tops)
-    console.print(table)
+    console.print(_table(frame, target, top_k, model_pt.name))
     if len(frame) > MAX_ROWS:
         console.print(f"… {len(frame) - MAX_ROWS} more row(s) in the CSV")
-    counts = frame["predicted"].value_counts() if "predicted" in frame else None
+    column = "predicted" if "predicted" in frame else "labels"
+    if column == "labels":
+        counts = frame[column].str.split().explode().dropna().value_counts()
+    else:
+        counts = frame[column].value_counts() if column in frame else None
     if counts is not None and len(counts):
-        console.print("predicted: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+        console.print(f"{column}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     failed = int((frame["error"] != "").sum())
     errors = f", {failed} unreadable (see the error column)" if failed else ""
     console.print(f"{len(frame)} image(s){errors}; CSV: {out}")
+    if truth is not None:
+        from tasks.inference import class_labels
+        from tasks.label_task import task_named
+        from tasks.runtime import open_model
+
+        meta = open_model(model_pt).meta
+        ok = (frame["error"] == "").to_numpy()
+        known = [t for t, good in zip(truth, ok, strict=True) if good]
+        if known:
+            cut = threshold if threshold is not None else meta.get("thresholds")
+            line = task_named(meta.get("task")).score(frame[ok], known, class_labels(meta), cut)
+            console.print(f"{line} on the {len(known)} image(s) of {target.name}")
+        return
     scored = frame[(frame["actual"] != "") & (frame["error"] == "")] if "actual" in frame else []
     if len(scored):
         wrong = int((scored["predicted"] != scored["actual"]).sum())
@@ -100,6 +122,29 @@ def predict(
             f"accuracy {1 - wrong / len(scored):.3f} on the {len(scored)} image(s) in a folder "
             f"named after a class ({wrong} wrong; the CSV's `actual` column)"
         )
+
+
+def _table(frame, target: Path, top_k: int, model_name: str) -> Table:
+    """The first MAX_ROWS predictions: the class and the top k, or the predicted set."""
+    table = Table(title=f"predictions ({model_name})")
+    multi = "labels" in frame.columns
+    columns = ("image", "labels") if multi else ("image", "predicted", "confidence", f"top {top_k}")
+    for column in columns:
+        table.add_column(column, justify="right" if column == "confidence" else "left")
+    for row in frame.head(MAX_ROWS).to_dict(orient="records"):
+        shown = _shown(Path(row["path"]), target)
+        if row.get("error"):
+            error = ("", row["error"]) if not multi else ()
+            table.add_row(shown, "[red]error[/red]" + (f" {row['error']}" if multi else ""), *error)
+            continue
+        if multi:
+            table.add_row(shown, row["labels"] or "(none)")
+            continue
+        tops = ", ".join(
+            f"{row[f'top{i}']} {row[f'p{i}']:.2f}" for i in range(1, top_k + 1) if f"top{i}" in row
+        )
+        table.add_row(shown, row["predicted"], f"{row['confidence']:.3f}", tops)
+    return table
 
 
 BATCH = 32  # images decoded and scored at once

@@ -11,15 +11,11 @@ from flows.naming import stage_run_name
 from flows.project import Project
 from flows.report import publish_image, publish_markdown, publish_table
 from params import EvaluateParams
-from tasks.evaluate import (
-    confusion_frame,
-    evaluate_predictions,
-    headline,
-    misclassified_gallery,
-)
-from tasks.figures import plot_confusion, plot_gallery, plot_reliability
+from tasks.evaluate import confusion_frame, misclassified_gallery
+from tasks.figures import plot_calibration, plot_confusion, plot_gallery, plot_pr_curves
 from tasks.files import fresh_dir, write_csv, write_json
 from tasks.inference import MODEL, class_labels, predict_probs
+from tasks.label_task import task_named
 from tasks.model import pick_device
 from tasks.split import SplitError
 
@@ -42,14 +38,8 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
         tta=params.tta,
     )
     classes = class_labels(meta)  # reports speak the user's labels, as predict does
-    ev = evaluate_predictions(
-        probs,
-        targets,
-        classes,
-        test["path"].tolist(),
-        params.top_k,
-        params.calibration_bins,
-    )
+    task = task_named(meta.get("task"))
+    ev = task.evaluate(probs, targets, classes, test["path"].tolist(), params, meta)
     ev.metrics["tta"] = params.tta
     write_json(ev.metrics, out / "metrics.json")
     write_csv(ev.per_class, out / "per_class.csv")
@@ -58,25 +48,32 @@ def evaluate_flow(params: EvaluateParams, root: str = ".") -> dict:
     write_csv(
         confusion_frame(ev.confusion_normalized.round(4), classes), out / "confusion_normalized.csv"
     )
+    write_csv(ev.curves, out / "pr_curves.csv")
     plot_confusion(ev.confusion, ev.confusion_normalized, classes, out / "confusion.png")
-    plot_reliability(
-        probs, targets, params.calibration_bins, ev.metrics["ece"], out / "reliability.png"
+    plot_calibration(
+        *ev.calibration,
+        params.calibration_bins,
+        ev.metrics["ece"],
+        out / "reliability.png",
+        *task.calibration_axis,
     )
+    plot_pr_curves(ev.curves, ev.ap, out / "pr_curves.png")
     gallery = misclassified_gallery(
-        ev.predictions.assign(sha256=test["sha256"].to_numpy()), params.gallery
+        ev.per_image.assign(sha256=test["sha256"].to_numpy()), params.gallery
     )
     write_csv(gallery.drop(columns=["gallery"]), out / "misclassified.csv")
     title = "misclassified test images, highest loss first" if len(gallery) else "no mistakes"
     plot_gallery(gallery, clean_dir, title, out / "misclassified.png")
     publish_image("evaluate-misclassified", out / "misclassified.png", "misclassified images")
-    summary = headline(ev.metrics, ev.per_class)
+    summary = task.headline(ev)
     publish_markdown(
         "evaluate-summary",
         f"# evaluate (test split)\n\n{summary}\n\n"
         + pd.Series(ev.metrics).to_frame("value").to_markdown(floatfmt=".4f"),
     )
     publish_table("evaluate-per-class", ev.per_class, "per-class metrics on the test split")
-    publish_image("evaluate-confusion", out / "confusion.png", "test confusion matrix")
+    publish_image("evaluate-confusion", out / "confusion.png", task.confusion_title)
     publish_image("evaluate-reliability", out / "reliability.png", "reliability diagram")
+    publish_image("evaluate-pr-curves", out / "pr_curves.png", "precision-recall curves")
     get_run_logger().info("evaluate: %s", summary)
     return ev.metrics

@@ -24,6 +24,7 @@ from tasks.tune import (
     STUDY_DIR,
     best_record,
     finished_trials,
+    for_data,
     make_storage,
     open_study,
     passthrough_record,
@@ -75,6 +76,7 @@ def run_search(
     """
     from prefect.futures import as_completed
 
+    tune, base = for_data(tune, base, data)
     name = study_name(tune, base, data)
     study = open_study(tune, make_storage(tune, out_dir), name)
     optuna.storages.fail_stale_trials(study)
@@ -144,7 +146,9 @@ def tune_flow(params: TuneParams, train: TrainParams, root: str = ".") -> dict:
             )
             progress(finished, params.n_trials)
 
-        study = run_search(params, train, train_data(project), out, on_trial=on_trial)
+        data = train_data(project)
+        params, train = for_data(params, train, data)
+        study = run_search(params, train, data, out, on_trial=on_trial)
         record = best_record(study, params)
         table = trials_table(study)
         write_csv(table, out / "trials.csv")

@@ -276,10 +276,11 @@ class TrainParams(_Params):
     )
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
     # early stopping and the kept model
-    monitor: Literal["val_loss", "val_accuracy"] = Field(
-        "val_accuracy",
-        description="picks the kept epoch (an accuracy tie goes to the lower val loss) and "
-        "drives early stopping",
+    monitor: Literal["auto", "val_loss", "val_accuracy", "val_map"] = Field(
+        "auto",
+        description="picks the kept epoch (a tie goes to the lower val loss) and drives early "
+        "stopping; auto = val_accuracy, or val_map (macro mean average precision) for "
+        "multi-label data",
     )
     patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
     refit: Literal["auto", "on", "off"] = Field(
@@ -416,7 +417,11 @@ class TuneParams(_Params):
         "own values (trial 0) is the training it would get, and no shorter proxy misleads",
     )
     timeout: float | None = Field(None, gt=0, description="seconds for the whole search")
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric: Literal["auto", "val_accuracy", "val_loss", "val_map"] = Field(
+        "auto",
+        description="what trials are ranked by; auto = val_accuracy, or val_map for "
+        "multi-label data (losses are minimised, the others maximised)",
+    )
     storage: str | None = Field(
         None,
         description="Optuna RDB URL (sqlite:///…, postgresql://user@host/db) or journal:PATH; "

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tasks.files import atomic_path
+from tasks.label_task import metric_direction
 
 
 def save_torch(obj: dict, path: Path) -> None:
@@ -76,10 +77,10 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
 def better(
     value: float, best: float, monitor: str, min_delta: float, loss: float, best_loss: float
 ) -> bool:
-    """Improved by more than min_delta; an accuracy tie is broken by the lower loss."""
+    """Improved by more than min_delta; a tie of a maximised metric goes to the lower loss."""
     if not math.isfinite(best):
         return True
-    if monitor.endswith("accuracy"):
+    if metric_direction(monitor) == "maximize":
         return value > best + min_delta or (min_delta == 0 and value == best and loss < best_loss)
     return value < best - min_delta
 

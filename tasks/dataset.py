@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tasks.label_task import SingleLabel, task_of
 from tasks.shards import ShardReader
 
 # albumentations transforms that can run on the device, as their v2 equivalent; only a run of
@@ -133,13 +134,14 @@ class CachedImages(Dataset):
         classes: list[str],
         seed: int = 0,
         device_mode: str = "cpu",
+        task: SingleLabel | None = None,
     ) -> None:
-        index = {name: i for i, name in enumerate(classes)}
         self.reader = ShardReader(clean_dir)
         self.shas = list(frame["sha256"])
         for sha in self.shas:
             self.reader.location(sha)  # a missing image fails here, not in a worker
-        self.targets = [index[label] for label in frame["label"]]
+        # class indices, or multi-hot rows for multi-label data (tasks/label_task.py)
+        self.targets = (task or task_of(frame)).targets(frame, classes)
         self.pipeline = pipeline
         self.worker_pipeline, self.prep, self.on_device = split_pipeline(pipeline, device_mode)
         self.raw = False  # set by make_loader: hand out uint8 for BatchPrep

@@ -1,7 +1,8 @@
-"""Test-split metrics with scikit-learn: accuracy, top-k, P/R/F1, ROC-AUC, log loss, calibration.
+"""Test-split metrics with scikit-learn: accuracy, top-k, P/R/F1, ROC-AUC, log loss, calibration;
+for multi-label data mAP, F1 (micro, macro, samples), subset accuracy and Hamming loss.
 
-Figures (confusion matrices, reliability diagram, misclassified gallery) are
-in tasks/figures.py.
+Figures (confusion matrices, reliability diagram, precision-recall curves, misclassified
+gallery) are in tasks/figures.py.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     confusion_matrix,
     log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
     top_k_accuracy_score,
 )
+
+from tasks import multilabel
 
 
 @dataclass
@@ -26,13 +30,20 @@ class Evaluation:
     per_class: pd.DataFrame
     confusion: np.ndarray  # counts, rows = actual, columns = predicted
     confusion_normalized: np.ndarray  # each row divided by its count (recall on the diagonal)
-    predictions: pd.DataFrame  # one row per image: path, actual, predicted, confidence, loss…
+    predictions: pd.DataFrame  # predictions.csv: per image (multi-label: per image and label)
+    per_image: pd.DataFrame | None = None  # path, actual, predicted, confidence, loss: the gallery
+    calibration: tuple[np.ndarray, np.ndarray] | None = None  # (probability, right) pairs
+    curves: pd.DataFrame | None = None  # precision-recall per class: label, recall, precision…
+    ap: pd.DataFrame | None = None  # class, ap: each class's average precision (one-vs-rest)
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
     """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == targets
+    return calibration_error(probs.max(1), probs.argmax(1) == targets, bins)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """The same gap for any (probability, outcome) pairs (multi-label: every image × label)."""
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     ece = 0.0
@@ -124,13 +135,86 @@ def evaluate_predictions(
         }
     )
     counts = confusion_matrix(targets, preds, labels=labels)
+    hot = (targets[:, None] == labels[None, :]).astype(np.float32)
     return Evaluation(
         metrics=metrics,
         per_class=per_class,
         confusion=counts,
         confusion_normalized=confusion_matrix(targets, preds, labels=labels, normalize="true"),
         predictions=predictions,
+        per_image=predictions,
+        calibration=(probs.max(1), preds == targets),
+        curves=pr_curves(probs, hot, classes),
+        ap=pd.DataFrame({"class": classes, "ap": _ap_per_class(probs, hot)}),
     )
+
+
+def _ap_per_class(probs: np.ndarray, hot: np.ndarray) -> list[float]:
+    return [
+        float(average_precision_score(hot[:, c], probs[:, c])) if hot[:, c].any() else np.nan
+        for c in range(hot.shape[1])
+    ]
+
+
+def evaluate_multilabel(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    classes: list[str],
+    paths: list[str],
+    thresholds: list[float] | None,
+    calibration_bins: int = 10,
+) -> Evaluation:
+    """A label set per image, decided by the model's thresholds (0.5 where it has none).
+
+    The confusion matrix becomes label co-occurrence: row = a label the image has, column
+    = a label predicted for it (the diagonal counts the true positives)."""
+    cut = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes))
+    truth = targets > 0.5
+    decided = multilabel.decide(probs, cut)
+    metrics, per_class = multilabel.multilabel_metrics(
+        probs, truth.astype(np.float32), cut, classes
+    )
+    metrics["ece"] = calibration_error(probs.ravel(), truth.ravel(), calibration_bins)
+    cooccurrence = truth.T.astype(int) @ decided.astype(int)
+    normalized = cooccurrence / np.maximum(truth.sum(0)[:, None], 1)
+    names = np.asarray(classes, dtype=object)
+    cell = np.clip(np.where(truth, probs, 1 - probs), 1e-12, 1)
+    per_image = pd.DataFrame(
+        {
+            "path": paths,
+            "actual": [" ".join(names[row]) for row in truth],
+            "predicted": [" ".join(names[row]) for row in decided],
+            "confidence": np.where(decided, probs, 1 - probs).mean(1).round(4),
+            "loss": (-np.log(cell)).mean(1).round(4),
+        }
+    )
+    n, n_labels = truth.shape
+    predictions = pd.DataFrame(
+        {
+            "path": np.repeat(paths, n_labels),
+            "label": np.tile(names, n),
+            "actual": np.where(truth.ravel(), "yes", "no"),
+            "predicted": np.where(decided.ravel(), "yes", "no"),
+            "p": probs.ravel().round(4),
+            "threshold": np.tile(cut, n).round(4),
+        }
+    )
+    return Evaluation(
+        metrics=metrics,
+        per_class=per_class.round(4),
+        confusion=cooccurrence,
+        confusion_normalized=normalized,
+        predictions=predictions,
+        per_image=per_image,
+        calibration=(probs.ravel(), truth.ravel()),
+        curves=multilabel.pr_curves(probs, truth.astype(np.float32), classes),
+        ap=per_class[["class", "ap"]],
+    )
+
+
+def pr_curves(probs: np.ndarray, hot: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Each class's precision-recall curve (one-vs-rest for single-label data)."""
+    return multilabel.pr_curves(probs, hot, classes)
 
 
 def confusion_frame(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -148,6 +232,24 @@ def misclassified_gallery(predictions: pd.DataFrame, n: int) -> pd.DataFrame:
         f"true {r.actual}\npred {r.predicted} ({r.confidence:.2f})" for r in rows.itertuples()
     ]
     return rows
+
+
+def headline_multilabel(metrics: dict, per_class: pd.DataFrame) -> str:
+    """mAP, micro-F1 at the stored thresholds, subset accuracy and the worst label (lowest
+    AP among the labels with test positives)."""
+    line = (
+        f"test mAP {metrics['map_macro']:.4f} (macro) on {metrics['n_images']} images, "
+        f"micro-F1 {metrics['f1_micro']:.4f} at the stored thresholds, subset accuracy "
+        f"{metrics['subset_accuracy']:.4f}"
+    )
+    tested = per_class[per_class["support"] > 0]
+    if len(tested):
+        worst = tested.sort_values(["ap", "support"], ascending=[True, False]).iloc[0]
+        line += (
+            f", worst label {worst['class']} (AP {worst['ap']:.4f}, F1 {worst['f1']:.4f}, "
+            f"{int(worst['support'])} images)"
+        )
+    return line
 
 
 def headline(metrics: dict, per_class: pd.DataFrame) -> str:

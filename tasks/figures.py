@@ -57,10 +57,24 @@ def plot_reliability(
     probs: np.ndarray, targets: np.ndarray, bins: int, ece: float, out_png: Path
 ) -> pd.DataFrame:
     """Top-1 confidence vs accuracy per bin (sklearn's calibration_curve); returns the bins."""
+    correct = (probs.argmax(1) == targets).astype(int)
+    return plot_calibration(probs.max(1), correct, bins, ece, out_png)
+
+
+def plot_calibration(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    bins: int,
+    ece: float,
+    out_png: Path,
+    what: str = "confidence (top-1 probability)",
+    counted: str = "images",
+) -> pd.DataFrame:
+    """A reliability diagram of any (predicted probability, outcome) pairs: multi-label
+    data pools every (image, label) probability with whether the label is there."""
     from sklearn.calibration import calibration_curve
 
-    confidence = probs.max(1)
-    correct = (probs.argmax(1) == targets).astype(int)
+    correct = np.asarray(correct).astype(int)
     if correct.min() == correct.max():  # calibration_curve needs both outcomes
         accuracy, mean_conf = np.array([correct.mean()]), np.array([confidence.mean()])
     else:
@@ -75,9 +89,9 @@ def plot_reliability(
         range=(0, 1),
         weights=np.full(len(confidence), 1 / len(confidence)),
         alpha=0.25,
-        label="share of images",
+        label=f"share of {counted}",
     )
-    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_xlabel(what)
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability diagram (ECE {ece:.3f})")
     ax.set_xlim(0, 1)
@@ -86,6 +100,34 @@ def plot_reliability(
     fig.tight_layout()
     save_figure(fig, out_png)
     return pd.DataFrame({"confidence": mean_conf.round(4), "accuracy": accuracy.round(4)})
+
+
+def plot_pr_curves(curves: pd.DataFrame, per_class: pd.DataFrame, out_png: Path) -> None:
+    """Every class's precision-recall curve (one-vs-rest) beside its average precision."""
+    plt = pyplot()
+    ap = per_class.dropna(subset=["ap"]).sort_values("ap")
+    height = max(3.5, 0.16 * len(ap) + 1)
+    fig, (ax_pr, ax_ap) = plt.subplots(1, 2, figsize=(8.5, height))
+    many = curves["label"].nunique() > 10
+    for label, curve in curves.groupby("label", sort=False):
+        ax_pr.plot(
+            curve["recall"], curve["precision"], lw=0.8, alpha=0.5 if many else 1, label=label
+        )
+    ax_pr.set_xlabel("recall")
+    ax_pr.set_ylabel("precision")
+    ax_pr.set_xlim(0, 1)
+    ax_pr.set_ylim(0, 1.02)
+    ax_pr.set_title("precision-recall per class (test)")
+    ax_pr.grid(alpha=0.3)
+    if not many:
+        ax_pr.legend(fontsize=7, loc="lower left")
+    ax_ap.barh(ap["class"].astype(str), ap["ap"], color="tab:blue")
+    ax_ap.set_xlim(0, 1)
+    ax_ap.set_title("average precision")
+    ax_ap.tick_params(axis="y", labelsize=7 if len(ap) < 40 else 5)
+    ax_ap.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    save_figure(fig, out_png, dpi=min(90, int(ARTIFACT_WIDTH_PX / 8.5)))
 
 
 def plot_gallery(

@@ -24,6 +24,7 @@ from torch import nn
 
 from params import CleanParams
 from tasks.checkpoint import load_torch
+from tasks.label_task import SingleLabel, task_named
 from tasks.model import Classifier, build_classifier
 
 MODEL = "model.pt"
@@ -57,7 +58,7 @@ def model_payload(state_dict: dict, clf: Classifier, params, data) -> dict:
         "eval_pipeline": json.dumps(A.to_dict(data.eval_pipeline)),
         "clean": data.clean.model_dump_json(),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-    }
+    } | data.task.payload()
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -98,10 +99,11 @@ def predict_logits(
     device: torch.device,
     dtype: torch.dtype | None = None,
     tta: bool = False,
+    task: SingleLabel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) for a whole loader (any iterable of batches), in loader order.
 
-    With `tta`, the logits are log-mean-probabilities of the image and its mirror.
+    With `tta`, the logits are those of the mean probabilities of the image and its mirror.
     """
     net.eval()
     outs, targets = [], []
@@ -111,8 +113,7 @@ def predict_logits(
             logits = net(images).float()
             if tta:
                 mirrored = net(torch.flip(images, dims=[3])).float()
-                probs = (logits.softmax(1) + mirrored.softmax(1)) / 2
-                logits = probs.clamp_min(1e-12).log()
+                logits = (task or SingleLabel()).merge_tta(logits, mirrored)
         outs.append(logits.cpu())
         targets.append(labels)
     if not outs:
@@ -140,6 +141,15 @@ class LoadedModel:
         return list(self.meta["classes"])
 
     @property
+    def task(self) -> SingleLabel:
+        return task_named(self.meta.get("task"))
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Multi-label: the threshold per label chosen on the validation split."""
+        return self.meta.get("thresholds")
+
+    @property
     def clean(self) -> CleanParams:
         """The clean stage's decoding settings the model was trained with (raw files)."""
         return CleanParams.model_validate_json(self.meta["clean"])
@@ -148,20 +158,19 @@ class LoadedModel:
         """Split `rows` from the clean cache through the model's eval pipeline (a CachedImages).
 
         Targets index the model's classes; a label it does not know gets an index
-        ≥ len(classes)."""
+        ≥ len(classes) (multi-label: is dropped)."""
         from tasks.dataset import CachedImages
 
-        unknown = sorted(set(rows["label"]) - set(self.classes))
-        return CachedImages(rows, clean_dir, self.pipeline, [*self.classes, *unknown])
+        return CachedImages(rows, clean_dir, self.pipeline, self.classes)
 
     def probs(
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tta: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, targets) of (images, targets) batches, in batch order."""
-        logits, targets = predict_logits(self.net, batches, self.device, tta=tta)
+        logits, targets = predict_logits(self.net, batches, self.device, tta=tta, task=self.task)
         if not len(logits):
             return np.zeros((0, len(self.classes))), np.zeros(0, dtype=int)
-        return torch.softmax(logits, 1).numpy(), targets.numpy()
+        return self.task.activation(logits).numpy(), targets.numpy()
 
 
 def predict_probs(

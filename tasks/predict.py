@@ -22,6 +22,7 @@ from params import CleanParams
 from tasks.clean_cache import prepare
 from tasks.decode import RejectedImage, decode
 from tasks.inference import class_labels
+from tasks.label_task import task_named
 from tasks.runtime import open_model
 
 
@@ -93,6 +94,34 @@ def predict_files(
     return probs, errors, model.meta
 
 
+@dataclass
+class Manifest:
+    images: list[Path]
+    truth: list[list[str]]  # each image's labels as the manifest names them (one: single-label)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """A CSV/parquet of `path` plus `label` or `labels` (a set: space-separated, or split
+    on `|`, `;` or `,` where a cell holds one), paths relative to the manifest's folder:
+    images whose answer is known, so the predictions score themselves."""
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
+    column = next((c for c in ("labels", "label") if c in frame.columns), None)
+    if "path" not in frame.columns or column is None:
+        raise ValueError(f"{path}: a manifest needs a `path` and a `label` or `labels` column")
+    cells = frame[column].fillna("").astype(str)
+    sep = next(
+        (c for c in "|;," if column == "labels" and cells.str.contains(c, regex=False).any()), None
+    )
+    truth = [
+        [x.strip() for x in (cell.split(sep) if sep else cell.split()) if x.strip()]
+        if column == "labels"
+        else [cell]
+        for cell in cells
+    ]
+    images = [p if p.is_absolute() else path.parent / p for p in map(Path, frame["path"])]
+    return Manifest(images, truth)
+
+
 def folder_classes(paths: list[Path], root: Path, meta: dict) -> list[str]:
     """The class each image's folder names ('' for none), so a held-out ImageFolder tree
     scores itself: the nearest folder from the image up to `root` whose name is a class's
@@ -125,32 +154,26 @@ def predict_images(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
     root: Path | None = None,
+    threshold: float | None = None,
 ) -> pd.DataFrame:
-    """One row per image, in `paths` order: predicted class, confidence and the top-k;
-    an unreadable file gets its reason in `error`. With `root`, `actual` holds the class
-    each image's folder under it names (folder_classes)."""
+    """One row per image, in `paths` order: the predicted class, its confidence and the
+    top-k (multi-label: the predicted set and every label's probability, decided by the
+    model's thresholds or `threshold`); an unreadable file gets its reason in `error`.
+    With `root`, `actual` holds the class each image's folder under it names."""
     probs, errors, meta = predict_files(model_file, paths, batch_size=batch_size, on_batch=on_batch)
     classes = class_labels(meta)  # the user's labels, not the folder names
+    task = task_named(meta.get("task"))
+    thresholds = threshold if threshold is not None else meta.get("thresholds")
     actual = folder_classes(paths, root, meta) if root is not None else None
     if actual is not None and not any(actual):
         actual = None  # no folder names a class: no `actual` column
-    k = max(1, min(top_k, len(classes)))
     rows: list[dict] = []
     for i, path in enumerate(paths):
         known = {"actual": actual[i]} if actual is not None else {}
         if i in errors:
             rows.append({"path": str(path)} | known | {"error": errors[i]})
             continue
-        top = torch.from_numpy(probs[i]).topk(k)
-        row: dict = {
-            "path": str(path),
-            **known,
-            "predicted": classes[int(top.indices[0])],
-            "confidence": round(float(top.values[0]), 4),
-        }
-        for rank, (v, c) in enumerate(zip(top.values, top.indices, strict=True), start=1):
-            row[f"top{rank}"] = classes[int(c)]
-            row[f"p{rank}"] = round(float(v), 4)
-        rows.append(row | {"error": ""})
+        row = task.prediction_row(probs[i], classes, top_k, thresholds)
+        rows.append({"path": str(path)} | known | row | {"error": ""})
     frame = pd.DataFrame(rows)
     return frame[[c for c in frame.columns if c != "error"] + ["error"]]

@@ -44,6 +44,7 @@ from tasks.dataset import (
 )
 from tasks.ema import make_ema
 from tasks.inference import MODEL, autocast, load_model, model_payload, predict_logits
+from tasks.label_task import SingleLabel, Validation, task_of
 from tasks.model import Classifier, build_classifier, pick_device
 from tasks.optim import make_optimizer, make_scheduler, param_groups, trainable_stages
 
@@ -80,19 +81,19 @@ class TrainData:
     augment_device: str = "auto"  # augment.yaml `device`: where the v2-able transforms run
 
     @property
+    def task(self) -> SingleLabel:
+        """Single- or multi-label, as the split table holds (tasks/label_task.py)."""
+        return task_of(self.split)
+
+    @property
     def classes(self) -> list[str]:
-        return sorted(self.split["label"].unique())
+        return self.task.classes(self.split)
 
     @property
     def class_labels(self) -> list[str]:
         """Each class as its user named it ('Food & Drink' for the folder food_drink), so
-        predictions speak the user's labels: the most common original label of its images,
-        or the folder name where collect recorded none."""
-        if "original_label" not in self.split.columns:
-            return self.classes
-        named = self.split[self.split["original_label"].fillna("") != ""]
-        common = named.groupby("label")["original_label"].agg(lambda s: s.value_counts().index[0])
-        return [common.get(c, c) for c in self.classes]
+        predictions speak the user's labels, or the folder name where collect recorded none."""
+        return self.task.class_labels(self.split, self.classes)
 
     def part(self, name: str) -> pd.DataFrame:
         return self.split[self.split["split"] == name]
@@ -104,8 +105,9 @@ class TrainData:
 
     def fingerprint(self) -> str:
         """Identifies the exact split and balance plan: a checkpoint resumes only on the same."""
-        key = self.split[["sha256", "label", "split"]].astype(str).to_csv(index=False)
-        key += json.dumps(asdict(self.balance), sort_keys=True)
+        columns = ["sha256", self.task.column, "split"]
+        key = self.split[columns].astype(str).to_csv(index=False)
+        key += json.dumps(self.balance.to_dict(), sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -123,6 +125,11 @@ class EpochMetrics:
     data_wait: float = 0.0
     images_per_s: float = 0.0
     seconds: float = 0.0  # the training pass (validation not included)
+    val_map: float | None = None  # multi-label: macro mean average precision on val
+
+    def record(self) -> dict:
+        """As a dict, without the multi-label fields a single-label run leaves empty."""
+        return {k: v for k, v in asdict(self).items() if not (k == "val_map" and v is None)}
 
 
 @dataclass
@@ -170,8 +177,14 @@ def uses_channels_last(params: TrainParams, device: torch.device) -> bool:
     )
 
 
+def resolved(params: TrainParams, data: TrainData) -> TrainParams:
+    """`monitor: auto` as the data's kind means it (val_accuracy, or val_map)."""
+    return params.model_copy(update={"monitor": data.task.resolve(params.monitor)})
+
+
 def run_fingerprint(params: TrainParams, data: TrainData) -> str:
     """Same params and same data → same run; only then is a checkpoint resumed."""
+    params = resolved(params, data)
     key = params.model_dump_json(exclude=SPEED_ONLY) + data.fingerprint()
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -232,6 +245,7 @@ class Steps:
     scaler: torch.amp.GradScaler | None = None
     ema: nn.Module | None = None
     mixer: Callable | None = None
+    task: SingleLabel = field(default_factory=SingleLabel)
 
 
 def make_steps(
@@ -240,8 +254,10 @@ def make_steps(
     device: torch.device,
     steps_per_epoch: int,
     class_weight: torch.Tensor | None = None,
+    task: SingleLabel | None = None,
 ) -> Steps:
     """Optimizer, schedule, loss, AMP scaler, EMA and MixUp/CutMix as train.yaml asks."""
+    task = task or SingleLabel()
     dtype = amp_dtype(params, device)
     optimizer = make_optimizer(param_groups(clf, params), params)
     return Steps(
@@ -250,15 +266,15 @@ def make_steps(
         device=device,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, params, steps_per_epoch),
-        criterion=nn.CrossEntropyLoss(
-            weight=class_weight.to(device) if class_weight is not None else None,
-            label_smoothing=params.label_smoothing,
+        criterion=task.loss(
+            params.label_smoothing, class_weight.to(device) if class_weight is not None else None
         ),
         dtype=dtype,
         channels_last=uses_channels_last(params, device),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         ema=make_ema(clf.net, params.ema_decay) if params.ema_decay > 0 else None,
         mixer=_mixer(params, clf.head.out_features),
+        task=task,
     )
 
 
@@ -269,6 +285,7 @@ class EpochTotals:
     seen: int
     seconds: float
     data_wait: float  # seconds blocked waiting for the loader's next batch
+    judged: int = 0  # decisions behind `correct`: images, or (image, label) pairs
 
 
 def train_epoch(
@@ -283,7 +300,7 @@ def train_epoch(
     assert scaler is not None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    seen, wait = 0, 0.0
+    seen, judged, wait = 0, 0, 0.0
     started = time.perf_counter()
     iterator = iter(batches)
     step = 0
@@ -317,13 +334,15 @@ def train_epoch(
         if steps.ema is not None:
             steps.ema.update_parameters(steps.net)
         loss_sum += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
+        right, decisions = steps.task.correct(logits.detach(), labels)
+        correct += right
+        judged += decisions
         seen += len(labels)
         if after_step:
             after_step(step)
         step += 1
     loss_value, correct_value = loss_sum.item(), int(correct.item())  # waits for the device
-    return EpochTotals(loss_value, correct_value, seen, time.perf_counter() - started, wait)
+    return EpochTotals(loss_value, correct_value, seen, time.perf_counter() - started, wait, judged)
 
 
 @dataclass
@@ -345,7 +364,7 @@ class TrainState:
             "scaler": s.scaler.state_dict(),
             "ema": s.ema.state_dict() if s.ema is not None else None,
             "rng": rng_state(),
-            "history": json.dumps([asdict(m) for m in self.history]),
+            "history": json.dumps([m.record() for m in self.history]),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -376,7 +395,7 @@ class Run:
     steps: Steps
     wrapped: _Wrapped
     threads: int  # torch's intra-op threads before the run split the cores with its workers
-    val_hits: np.ndarray | None = None  # the last validation: each image right (True) or not
+    validation: Validation | None = None  # the last validation (None: no val images)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -404,15 +423,16 @@ def build_run(
     train_rows = data.part("train") if train_rows is None else train_rows
     val_rows = data.part("val") if val_rows is None else val_rows
     mode = resolve_device_mode(data.augment_device, device)
+    task = data.task
     train_set = CachedImages(
-        train_rows, data.clean_dir, data.train_pipeline, classes, params.seed, mode
+        train_rows, data.clean_dir, data.train_pipeline, classes, params.seed, mode, task
     )
-    val_set = CachedImages(val_rows, data.clean_dir, data.eval_pipeline, classes)
+    val_set = CachedImages(val_rows, data.clean_dir, data.eval_pipeline, classes, task=task)
     threads = torch.get_num_threads()
     if workers > 0:  # the loader's workers and this process's torch threads share the cores
         torch.set_num_threads(min(threads, split_cores(workers)))
     generator = torch.Generator()
-    sampler = data.balance.sampler(train_set.targets, classes, generator, ranks.world_size)
+    sampler = data.balance.sampler(train_set.targets, classes, generator, ranks.world_size, task)
     if sampler is None and ranks.distributed:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -432,7 +452,7 @@ def build_run(
     )
     val_loader = make_loader(val_set, params.batch_size, False, workers, params.seed, device=device)
     steps = make_steps(
-        clf, params, device, max(1, len(train_loader)), data.balance.loss_weight(classes)
+        clf, params, device, max(1, len(train_loader)), data.balance.loss_weight(classes), task
     )
     wrapped = _Wrapped(clf.net, params, ranks, device)
     return Run(
@@ -446,16 +466,16 @@ def evaluate(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     dtype: torch.dtype | None = None,
-) -> tuple[float | None, float | None, np.ndarray | None]:
-    """(loss, accuracy, per-image hits) on a validation loader; Nones when it is empty.
+    task: SingleLabel | None = None,
+) -> Validation | None:
+    """Loss, scores and per-image results on a validation loader; None when it is empty.
 
-    The hits let the search compare two trials image by image (a paired test)."""
+    The per-image results let the search compare two trials image by image (a paired
+    test); for multi-label data the pass also picks each label's threshold."""
     if not len(loader.dataset):  # type: ignore[arg-type]
-        return None, None, None
+        return None
     logits, targets = predict_logits(net, loader, device, dtype)
-    loss = nn.functional.cross_entropy(logits, targets).item()
-    hits = (logits.argmax(1) == targets).cpu().numpy()
-    return loss, float(hits.mean()), hits
+    return (task or SingleLabel()).validate(logits, targets)
 
 
 def run_epoch(
@@ -487,32 +507,39 @@ def run_epoch(
                 on_step(epoch, step)
 
         totals = train_epoch(steps, model, run.train_loader, after_step)
-    loss, correct, seen = distributed.all_reduce_sum(
-        [totals.loss, totals.correct, totals.seen], steps.device
+    loss, correct, seen, judged = distributed.all_reduce_sum(
+        [totals.loss, totals.correct, totals.seen, totals.judged], steps.device
     )
-    val_loss, val_acc, run.val_hits = evaluate(
-        run.evaluated, run.val_loader, steps.device, steps.dtype
+    run.validation = evaluate(
+        run.evaluated,
+        run.val_loader,
+        steps.device,
+        steps.dtype,
+        steps.task,
     )
+    scores = run.validation.scores if run.validation else {}
     return EpochMetrics(
         epoch=epoch,
         frozen=n_trainable == 0,
         trainable_stages=n_trainable,
         lr=steps.optimizer.param_groups[0]["lr"],
         train_loss=loss / max(seen, 1),
-        train_accuracy=correct / max(seen, 1),
-        val_loss=val_loss,
-        val_accuracy=val_acc,
+        train_accuracy=correct / max(judged, 1),
+        val_loss=run.validation.loss if run.validation else None,
+        val_accuracy=scores.get("val_accuracy"),
         data_wait=totals.data_wait / max(totals.seconds, 1e-9),
         images_per_s=totals.seen / max(totals.seconds, 1e-9),
         seconds=totals.seconds,
+        val_map=scores.get("val_map"),
     )
 
 
 def monitored(metrics: EpochMetrics, monitor: str) -> tuple[float, float]:
-    """(score, tie-breaking loss); without validation images, the training metric."""
+    """(score, tie-breaking loss); without validation images, the training metric (the
+    training accuracy stands in for a validation metric training does not compute)."""
     score = getattr(metrics, monitor)
     if score is None:
-        score = getattr(metrics, monitor.replace("val_", "train_"))
+        score = getattr(metrics, monitor.replace("val_", "train_"), metrics.train_accuracy)
     loss = metrics.val_loss if metrics.val_loss is not None else metrics.train_loss
     return score, loss
 
@@ -533,8 +560,10 @@ def fit(
 
     `train_part`/`val_part` override the split's train/val rows (cross-validation folds).
     `on_step(epoch, step)` is called after every optimizer step, `on_validation(epoch,
-    hits)` before `on_epoch` with each validation image's hit (val rows in split order).
+    per_image)` before `on_epoch` with each validation image's result (val rows in split
+    order): a hit, or for multi-label data its label ranking precision.
     """
+    params = resolved(params, data)
     seed_everything(params.seed)
     run = build_run(params, data, train_part, val_part)
     state = TrainState(run.steps)
@@ -561,13 +590,15 @@ def fit(
         saver.save(
             improved,
             model=lambda e=epoch: (
-                model_payload(run.evaluated.state_dict(), run.clf, params, data) | {"epoch": e}
+                model_payload(run.evaluated.state_dict(), run.clf, params, data)
+                | (run.validation.decision if run.validation else {})
+                | {"epoch": e}
             ),
             state=lambda f=finished: state.state_dict() | {"finished": f},
         )
         distributed.barrier()
-        if on_validation and run.ranks.is_main and run.val_hits is not None:
-            on_validation(epoch, run.val_hits)
+        if on_validation and run.ranks.is_main and run.validation is not None:
+            on_validation(epoch, run.validation.per_image)
         if on_epoch and run.ranks.is_main:
             on_epoch(metrics)
         if saver.stop:

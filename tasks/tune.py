@@ -41,8 +41,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from params import TrainParams, TuneParams
 from params.schema import CategoricalDim, FloatDim, IntDim
+from tasks.label_task import metric_direction
 from tasks.secrets import expand_env
-from tasks.train import EpochMetrics, TrainData, fit
+from tasks.train import EpochMetrics, TrainData, fit, resolved
 
 # heartbeats and stale-trial failing are "experimental" in Optuna 5; we rely on them knowingly
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -51,8 +52,18 @@ STUDY_DIR = "study"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def for_data(
+    tune: TuneParams, base: TrainParams, data: TrainData
+) -> tuple[TuneParams, TrainParams]:
+    """The `auto` metrics as the data's kind means them (val_accuracy or val_map), so that
+    study names, directions and records name the metric itself."""
+    metric = data.task.resolve(tune.metric)
+    return tune.model_copy(update={"metric": metric}), resolved(base, data)
+
+
 def study_name(tune: TuneParams, base: TrainParams, data: TrainData) -> str:
     """Same search, same recipe, same data → same study; budgets and parallelism may change."""
+    tune, base = for_data(tune, base, data)
     search = tune.model_dump(
         mode="json",
         include={"epochs", "metric", "seed", "sampler", "pruner", "pruner_warmup_epochs", "space"},
@@ -171,16 +182,22 @@ def study_lock(tune: TuneParams, out_dir: Path, name: str) -> Iterator[None]:
 
 CLAIM = "visiontune_claimed_at"  # user attr of a WAITING trial some process is about to run
 START = "visiontune_start_point"  # user attr of trial 0: train.yaml's own values
-HITS = "visiontune_val_hits"  # user attr: which val images the trial's best epoch got right
+HITS = "visiontune_val_hits"  # user attr: how well the trial's best epoch did on each val image
 
 
 def pack_hits(hits: np.ndarray) -> dict:
-    """Validation hits as a JSON-able user attr: 1 bit per image (125 kB per 1M images)."""
+    """Per-image validation results as a JSON-able user attr: hits as 1 bit per image
+    (125 kB per 1M images); scores (multi-label ranking precision) as float16."""
+    if hits.dtype != bool:
+        values = base64.b64encode(hits.astype(np.float16).tobytes()).decode()
+        return {"n": int(hits.size), "float16": values}
     bits = base64.b64encode(np.packbits(hits.astype(bool)).tobytes()).decode()
     return {"n": int(hits.size), "bits": bits}
 
 
 def unpack_hits(attr: dict) -> np.ndarray:
+    if "float16" in attr:
+        return np.frombuffer(base64.b64decode(attr["float16"]), dtype=np.float16).astype(float)
     packed = np.frombuffer(base64.b64decode(attr["bits"]), dtype=np.uint8)
     return np.unpackbits(packed, count=attr["n"]).astype(bool)
 
@@ -272,7 +289,7 @@ def open_study(tune: TuneParams, storage: optuna.storages.BaseStorage, name: str
     return optuna.create_study(
         study_name=name,
         storage=storage,
-        direction="maximize" if tune.metric == "val_accuracy" else "minimize",
+        direction=metric_direction(tune.metric),
         sampler=make_sampler(tune, name),
         pruner=_pruner(tune),
         load_if_exists=True,
@@ -303,7 +320,7 @@ def trial_base(tune: TuneParams, base: TrainParams) -> TrainParams:
 
 
 def metric_of(m: EpochMetrics, metric: str) -> float:
-    value = m.val_accuracy if metric == "val_accuracy" else m.val_loss
+    value = getattr(m, metric)
     if value is None:
         raise ValueError("tuning needs a validation split: set split.val > 0")
     return value
@@ -312,7 +329,8 @@ def metric_of(m: EpochMetrics, metric: str) -> float:
 def objective(
     tune: TuneParams, base: TrainParams, data: TrainData
 ) -> Callable[[optuna.Trial], float]:
-    maximize = tune.metric == "val_accuracy"
+    tune, base = for_data(tune, base, data)
+    maximize = metric_direction(tune.metric) == "maximize"
 
     def run(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it
@@ -394,14 +412,20 @@ def run_trial(
 
 def sign_test(best: FrozenTrial, start: FrozenTrial) -> float | None:
     """One-sided p-value that `best` gets more validation images right than `start`: an
-    exact binomial test on the images exactly one of them gets right (McNemar's test).
+    exact binomial test on the images exactly one of them gets right (McNemar's test);
+    for per-image scores (multi-label), a Wilcoxon signed-rank test on their differences.
     None when either trial has no per-image record (an older study) or they differ."""
     if HITS not in best.user_attrs or HITS not in start.user_attrs:
         return None
     ours, theirs = unpack_hits(best.user_attrs[HITS]), unpack_hits(start.user_attrs[HITS])
     if ours.size != theirs.size:
         return None
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest, wilcoxon
+
+    if ours.dtype != bool:
+        if not np.any(ours != theirs):
+            return 1.0
+        return float(wilcoxon(ours, theirs, alternative="greater").pvalue)
 
     wins, losses = int((ours & ~theirs).sum()), int((~ours & theirs).sum())
     if wins + losses == 0:
@@ -437,7 +461,7 @@ def choose_trial(study: optuna.Study, tune: TuneParams) -> Choice:
     ]
     if not start or best.number == start[0].number:
         return Choice(best, best, start[0] if start else None)
-    sign = 1 if tune.metric == "val_accuracy" else -1
+    sign = 1 if metric_direction(tune.metric) == "maximize" else -1
     gain = sign * (best.value - start[0].value)  # type: ignore[operator]
     p_value = sign_test(best, start[0]) if tune.confidence > 0 else None
     holds = gain >= tune.min_gain and (p_value is None or p_value <= 1 - tune.confidence)

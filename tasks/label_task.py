@@ -1,0 +1,308 @@
+"""Single-label or multi-label: everything the two kinds of classification differ in.
+
+One object per kind owns the label column, the targets, the loss, the activation,
+what an epoch scores, the decision rule (argmax, or a threshold per label chosen on
+the validation split) and the metric `auto` means. Every stage asks the object its
+data implies (`task_of(frame)`: a `labels` column means multi-label) instead of
+branching on the kind itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tasks import multilabel
+
+
+@dataclass
+class Validation:
+    """One validation pass: the loss, the scores an epoch records, and per image how well
+    the model did (hits or ranking precision), which the search compares trial by trial."""
+
+    loss: float
+    scores: dict[str, float]
+    per_image: np.ndarray
+    decision: dict = field(default_factory=dict)  # what the model decides with (thresholds)
+
+
+# a label with fewer validation positives than this gets the global threshold
+MIN_POSITIVES = 5
+
+
+def metric_direction(name: str) -> str:
+    """Losses are minimised, every other metric is maximised."""
+    return "minimize" if name.endswith("loss") else "maximize"
+
+
+class SingleLabel:
+    """One class per image: softmax, cross-entropy, argmax."""
+
+    kind = "single_label"
+    column = "label"  # the split table's label column
+    primary = "val_accuracy"  # what `monitor: auto` / `metric: auto` mean
+    decision_metric = "accuracy"  # the metrics.json key retraining decides on under `auto`
+    activation_name = "softmax"
+    calibration_axis = ("confidence (top-1 probability)", "images")  # reliability.png's
+    confusion_title = "test confusion matrix"
+
+    def classes(self, frame: pd.DataFrame) -> list[str]:
+        return sorted(frame["label"].unique())
+
+    def class_labels(self, frame: pd.DataFrame, classes: list[str]) -> list[str]:
+        """Each class as its user named it: the most common original label of its images."""
+        if "original_label" not in frame.columns:
+            return classes
+        named = frame[frame["original_label"].fillna("") != ""]
+        common = named.groupby("label")["original_label"].agg(lambda s: s.value_counts().index[0])
+        return [common.get(c, c) for c in classes]
+
+    def targets(self, frame: pd.DataFrame, classes: Sequence[str]) -> list[int]:
+        """Class indices; a label `classes` lacks gets an index ≥ len(classes)."""
+        index = {name: i for i, name in enumerate(classes)}
+        for extra in sorted(set(frame["label"]) - set(index)):
+            index[extra] = len(index)
+        return [index[label] for label in frame["label"]]
+
+    def resolve(self, metric: str) -> str:
+        return self.primary if metric == "auto" else metric
+
+    def balance(self, train: pd.DataFrame) -> dict:
+        """The balance plan's counts and "balanced" weights (tasks/balance.py)."""
+        from sklearn.utils.class_weight import compute_class_weight
+
+        y = train["label"].astype(str)
+        labels = np.array(sorted(y.unique()))
+        counts = y.value_counts()
+        weights = compute_class_weight("balanced", classes=labels, y=y.to_numpy())
+        return {
+            "class_counts": {str(lb): int(counts[lb]) for lb in labels},
+            "class_weights": {str(lb): float(w) for lb, w in zip(labels, weights, strict=True)},
+        }
+
+    def image_weights(self, targets, per_class: list[float]) -> tuple[list[float], int]:
+        """(each image's sampling weight, the largest class's image count)."""
+        return [per_class[t] for t in targets], max(torch.bincount(torch.tensor(targets)).tolist())
+
+    def loss(self, label_smoothing: float, weight: torch.Tensor | None) -> nn.Module:
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+    def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(right decisions, decisions) of a training batch, left on the device."""
+        return (logits.argmax(1) == labels).sum(), len(labels)
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, 1)
+
+    def merge_tta(self, logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        """Logits whose activation is the mean probability of an image and its mirror."""
+        probs = (logits.softmax(1) + mirrored.softmax(1)) / 2
+        return probs.clamp_min(1e-12).log()
+
+    def payload(self) -> dict:
+        """What model.pt records about the kind (nothing: single-label is the default)."""
+        return {}
+
+    def evaluate(self, probs, targets, labels: list[str], paths: list[str], params, meta: dict):
+        """The test split's Evaluation (tasks/evaluate.py) under evaluate.yaml's `params`."""
+        from tasks.evaluate import evaluate_predictions
+
+        return evaluate_predictions(
+            probs, targets, labels, paths, params.top_k, params.calibration_bins
+        )
+
+    def headline(self, ev) -> str:
+        from tasks.evaluate import headline
+
+        return headline(ev.metrics, ev.per_class)
+
+    def prediction_row(
+        self, probs: np.ndarray, labels: list[str], top_k: int, thresholds=None
+    ) -> dict:
+        """What predictions.csv holds for one image: the class, its confidence, the top k."""
+        top = torch.from_numpy(probs).topk(max(1, min(top_k, len(labels))))
+        row: dict = {
+            "predicted": labels[int(top.indices[0])],
+            "confidence": round(float(top.values[0]), 4),
+        }
+        for rank, (v, c) in enumerate(zip(top.values, top.indices, strict=True), start=1):
+            row[f"top{rank}"] = labels[int(c)]
+            row[f"p{rank}"] = round(float(v), 4)
+        return row
+
+    def score(
+        self, rows: pd.DataFrame, truth: list[list[str]], labels: list[str], thresholds=None
+    ) -> str:
+        """One line scoring predict's rows of images whose answer is known (`truth`: each
+        image's label, in a list)."""
+        right = sum(p == t[0] for p, t in zip(rows["predicted"], truth, strict=True))
+        return f"accuracy {right / len(truth):.3f} ({len(truth) - right} wrong)"
+
+    def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> Validation:
+        loss = nn.functional.cross_entropy(logits, targets).item()
+        hits = (logits.argmax(1) == targets).cpu().numpy()
+        return Validation(loss, {"val_accuracy": float(hits.mean())}, hits)
+
+
+class MultiLabel(SingleLabel):
+    """A set of labels per image (possibly empty): sigmoid, BCE, a threshold per label."""
+
+    kind = "multi_label"
+    column = "labels"
+    primary = "val_map"
+    decision_metric = "map_macro"
+    activation_name = "sigmoid"
+    calibration_axis = ("predicted probability of a label", "image × label pairs")
+    confusion_title = "label co-occurrence: actual label × predicted label"
+
+    def classes(self, frame: pd.DataFrame) -> list[str]:
+        return multilabel.label_classes(frame["labels"].astype(str).tolist())
+
+    def class_labels(self, frame: pd.DataFrame, classes: list[str]) -> list[str]:
+        """Each label as its user named it (original_labels holds the names in set order)."""
+        if "original_labels" not in frame.columns:
+            return classes
+        import json
+
+        named: dict[str, str] = {}
+        for safe, original in zip(frame["labels"], frame["original_labels"], strict=True):
+            if not isinstance(original, str) or not original:
+                continue
+            for s, o in zip(multilabel.split_set(safe), json.loads(original), strict=False):
+                named.setdefault(s, o)
+        return [named.get(c, c) for c in classes]
+
+    def targets(self, frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+        """Multi-hot rows over `classes` (labels `classes` lacks are dropped)."""
+        return multilabel.multi_hot(frame["labels"].astype(str).tolist(), classes)
+
+    def loss(self, label_smoothing: float, weight: torch.Tensor | None) -> nn.Module:
+        return SmoothedBCE(label_smoothing, weight)
+
+    def balance(self, train: pd.DataFrame) -> dict:
+        """Positives per label, n / (n_labels × positives), and BCE's pos_weight per label."""
+        labels = self.classes(train)
+        hot = self.targets(train, labels)
+        counts = hot.sum(0).astype(int)
+        weights = len(train) / (len(labels) * np.maximum(counts, 1).astype(np.float64))
+        return {
+            "class_counts": dict(zip(labels, map(int, counts), strict=True)),
+            "class_weights": dict(zip(labels, map(float, weights), strict=True)),
+            "pos_weights": dict(
+                zip(labels, map(float, multilabel.pos_weights(hot > 0)), strict=True)
+            ),
+        }
+
+    def image_weights(self, targets, per_class: list[float]) -> tuple[list[float], int]:
+        """An image weighs what its rarest label does (an empty set: the lightest label)."""
+        hot = np.asarray(targets) > 0.5
+        weights = np.asarray(per_class, dtype=np.float64)
+        per_image = np.where(hot, weights, -np.inf).max(1)
+        per_image[~hot.any(1)] = weights.min()
+        return per_image.tolist(), int(hot.sum(0).max())
+
+    def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return ((logits > 0) == (labels > 0.5)).sum(), labels.numel()
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def merge_tta(self, logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        probs = (logits.sigmoid() + mirrored.sigmoid()) / 2
+        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+
+    def payload(self) -> dict:
+        return {"task": self.kind}
+
+    def evaluate(self, probs, targets, labels: list[str], paths: list[str], params, meta: dict):
+        from tasks.evaluate import evaluate_multilabel
+
+        return evaluate_multilabel(
+            probs, targets, labels, paths, meta.get("thresholds"), params.calibration_bins
+        )
+
+    def headline(self, ev) -> str:
+        from tasks.evaluate import headline_multilabel
+
+        return headline_multilabel(ev.metrics, ev.per_class)
+
+    def prediction_row(
+        self, probs: np.ndarray, labels: list[str], top_k: int, thresholds=None
+    ) -> dict:
+        """The predicted set (the user's label names; `|` between them where one has a
+        space) and every label's probability."""
+        cut = 0.5 if thresholds is None else np.asarray(thresholds)
+        chosen = [name for name, yes in zip(labels, probs >= cut, strict=True) if yes]
+        sep = "|" if any(" " in name for name in labels) else " "
+        return {"labels": sep.join(chosen)} | {
+            f"p_{name}": round(float(p), 4) for name, p in zip(labels, probs, strict=True)
+        }
+
+    def score(
+        self, rows: pd.DataFrame, truth: list[list[str]], labels: list[str], thresholds=None
+    ) -> str:
+        """`truth`: each image's label set (the user's names)."""
+        probs = rows[[f"p_{name}" for name in labels]].to_numpy(np.float64)
+        hot = np.array([[name in set(t) for name in labels] for t in truth], dtype=np.float32)
+        cut = np.broadcast_to(0.5 if thresholds is None else np.asarray(thresholds), len(labels))
+        m, _ = multilabel.multilabel_metrics(probs, hot, cut, labels)
+        return (
+            f"mAP {m['map_macro']:.3f} (macro), micro-F1 {m['f1_micro']:.3f}, samples-F1 "
+            f"{m['f1_samples']:.3f}, subset accuracy {m['subset_accuracy']:.3f}"
+        )
+
+    def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> Validation:
+        targets = targets.float()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
+        probs, truth = torch.sigmoid(logits).numpy(), targets.numpy()
+        thresholds, fallback = multilabel.fit_thresholds(probs, truth, MIN_POSITIVES)
+        scored = multilabel.multilabel_metrics(
+            probs, truth, thresholds, list(range(truth.shape[1]))
+        )
+        scores = {
+            "val_accuracy": float(((probs >= 0.5) == (truth > 0.5)).mean()),
+            "val_map": scored[0]["map_macro"],
+        }
+        decision = {
+            "thresholds": [round(float(t), 6) for t in thresholds],
+            "global_threshold": float(fallback),
+            "threshold_f1": scored[0]["f1_micro"],
+        }
+        return Validation(loss, scores, multilabel.lrap_per_image(probs, truth), decision)
+
+
+class SmoothedBCE(nn.Module):
+    """BCE-with-logits on targets smoothed towards ½ (y(1-ε) + ε/2), with an optional
+    `pos_weight` per label (the balance plan's class_weights strategy)."""
+
+    def __init__(self, smoothing: float = 0.0, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.float()
+        if self.smoothing:
+            targets = targets * (1 - self.smoothing) + self.smoothing / 2
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits, targets, pos_weight=self.pos_weight
+        )
+
+
+LabelTask = SingleLabel  # the interface; MultiLabel overrides what differs
+SINGLE, MULTI = SingleLabel(), MultiLabel()
+
+
+def task_of(frame: pd.DataFrame) -> SingleLabel:
+    """The kind a manifest or split table holds: a `labels` column is multi-label."""
+    return MULTI if "labels" in frame.columns else SINGLE
+
+
+def task_named(kind: str | None) -> SingleLabel:
+    """The kind a model file or an export's metadata names (none: single-label)."""
+    return MULTI if kind == MULTI.kind else SINGLE
