@@ -8,12 +8,21 @@ content hash in it) joined with any rows sharing a value of the optional
 assigned unless a new image joins its group. Drawing the same uniform number
 per key within every class keeps the split stratified in expectation; folds
 are drawn the same way from an independent number.
+
+Multi-label data (a `labels` column of label sets, tasks/multilabel.py) cannot be
+stratified by one number per key: its keys are placed by iterative stratification
+(one multi-hot row per key, the union of its images' labels), which depends on
+every key at once. There stability comes from the previous split instead: an image
+that was assigned keeps its split (and fold), and only the new keys are drawn,
+with the shares corrected so that the totals move toward split.yaml's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +33,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from params import SplitParams
+from tasks.multilabel import label_classes, label_counts, multi_hot, stratified_assignment
 
 SPLITS = ("train", "val", "test")
 FOLDER_SPLIT = "folder_split"  # collect's column for a tree shipped split (tasks/sources.py)
@@ -98,32 +108,212 @@ def folder_pins(manifest: pd.DataFrame, params: SplitParams) -> pd.Series:
     return given.where(given.isin(kept), np.nan) if kept else none
 
 
-def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
+def _is_multi_label(frame: pd.DataFrame) -> bool:
+    return "labels" in frame.columns
+
+
+def _check_classes(manifest: pd.DataFrame) -> None:
+    """A SplitError unless the manifest has something to learn: two classes, or labels."""
+    if not _is_multi_label(manifest):
+        classes = sorted(manifest["label"].unique())
+        if len(classes) < 2:
+            raise SplitError(
+                f"only one class has usable images ({classes[0]}: {len(manifest)}): a "
+                "classifier needs at least two; collect images of another class"
+            )
+        return
+    sets = _text(manifest["labels"])
+    labels = label_classes(sets.tolist())
+    if not labels:
+        raise SplitError(
+            f"none of the {len(manifest)} usable image(s) has a label: collect labelled images"
+        )
+    if len(labels) == 1 and (sets != "").all():
+        raise SplitError(
+            f"every usable image has the one label {labels[0]!r} and nothing else "
+            f"({len(manifest)} image(s)): there is nothing to tell apart; collect images "
+            "with other labels, or without it"
+        )
+
+
+def _hash_splits(
+    keys: pd.Series, free: list[str], share: np.ndarray, params: SplitParams
+) -> pd.Series:
+    """Single-label: each key's split from its own uniform draw, cut at the shares."""
+    draws = {k: uniform_from_hash(k, params.seed) for k in keys.unique()}
+    u = keys.map(draws)
+    cuts = np.cumsum(share) / (share.sum() if len(free) < len(SPLITS) else 1.0)
+    index = np.searchsorted(cuts[:-1], u.to_numpy(), side="right")
+    return pd.Series(np.array(free, dtype=object)[index], index=keys.index)
+
+
+def _key_rows(manifest: pd.DataFrame, keys: pd.Series) -> tuple[np.ndarray, pd.Index, np.ndarray]:
+    """(each image's key code, the keys, one multi-hot bool row per key: its images' union)."""
+    codes, uniques = pd.factorize(keys)
+    sets = _text(manifest["labels"]).tolist()
+    hot = multi_hot(sets, label_classes(sets)) > 0
+    rows = np.zeros((len(uniques), hot.shape[1]), dtype=bool)
+    np.logical_or.at(rows, codes, hot)
+    return codes, pd.Index(uniques), rows
+
+
+def _old_per_key(codes: np.ndarray, n_keys: int, old: np.ndarray) -> tuple[np.ndarray, int]:
+    """(each key's previous value: its images' most common one (ties: the lowest), -1 for a
+    key none of whose images had one; how many old images must move to join their group)."""
+    known = old >= 0
+    out = np.full(n_keys, -1, dtype=np.int64)
+    if not known.any():
+        return out, 0
+    frame = pd.DataFrame({"key": codes[known], "old": old[known]})
+    tally = frame.groupby(["key", "old"]).size().reset_index(name="n")
+    tally = tally.sort_values(["key", "n", "old"], ascending=[True, False, True])
+    first = tally.drop_duplicates("key")
+    out[first["key"].to_numpy()] = first["old"].to_numpy()
+    moved = int((out[codes[known]] != old[known]).sum())
+    return out, moved
+
+
+def _extend(
+    rows: np.ndarray, old: np.ndarray, share: Sequence[float], order: np.ndarray, seed: int
+) -> np.ndarray:
+    """Each key's subset (index into `share`): an old key keeps its value, the new ones are
+    stratified in `order` with the shares corrected toward the target totals."""
+    share = np.asarray(share, dtype=float)
+    out = old.copy()
+    new = np.flatnonzero(old < 0)
+    if len(new) == 0:
+        return out
+    had = np.bincount(old[old >= 0], minlength=len(share)).astype(float)
+    wanted = share / share.sum() * (had.sum() + len(new)) - had
+    wanted = np.where(share > 0, np.clip(wanted, 0, None), 0.0)
+    if wanted.sum() <= 0:
+        wanted = share
+    new = new[np.argsort(order[new], kind="stable")]
+    out[new] = stratified_assignment(rows[new], wanted, seed)
+    return out
+
+
+def _previous_values(
+    manifest: pd.DataFrame, previous: pd.DataFrame | None, column: str, values: Sequence
+) -> np.ndarray:
+    """Each image's index into `values` of its `column` in `previous` (by content hash), or
+    -1: new, or a value no longer among `values`."""
+    if previous is None or column not in previous.columns or "sha256" not in previous.columns:
+        return np.full(len(manifest), -1, dtype=np.int64)
+    before = previous.drop_duplicates("sha256").set_index("sha256")[column]
+    before = before.astype(object).map({v: i for i, v in enumerate(values)})
+    found = manifest["sha256"].astype(str).map(before)
+    return found.fillna(-1).to_numpy(dtype=np.int64)
+
+
+def _stratified_splits(
+    manifest: pd.DataFrame,
+    keys: pd.Series,
+    free: list[str],
+    share: np.ndarray,
+    params: SplitParams,
+    pinned: pd.Series,
+    previous: pd.DataFrame | None,
+    messages: list[str],
+) -> pd.Series:
+    """Multi-label: a key with an image in `previous` keeps that split; the new keys are
+    placed by iterative stratification, in the order of their hash."""
+    codes, uniques, rows = _key_rows(manifest, keys)
+    old = _previous_values(manifest, previous, "split", free)
+    old_key, moved = _old_per_key(codes, len(uniques), old)
+    if moved:
+        messages.append(
+            f"{moved} image(s) of the previous split moved to join a new near-duplicate or "
+            "group member that links them to images of another split"
+        )
+    # a key with an image in a val/ or test/ folder follows it (plan_splits): not drawn
+    drawn = np.ones(len(uniques), dtype=bool)
+    drawn[np.unique(codes[pinned.notna().to_numpy()])] = False
+    order = np.array([uniform_from_hash(k, params.seed) for k in uniques])
+    assigned = np.zeros(len(uniques), dtype=np.int64)
+    assigned[drawn] = _extend(rows[drawn], old_key[drawn], share, order[drawn], params.seed)
+    return pd.Series(np.array(free, dtype=object)[assigned[codes]], index=manifest.index)
+
+
+def _assign_splits(
+    manifest: pd.DataFrame,
+    keys: pd.Series,
+    free: list[str],
+    share: np.ndarray,
+    params: SplitParams,
+    pinned: pd.Series,
+    previous: pd.DataFrame | None,
+    messages: list[str],
+) -> pd.Series:
+    """Each image's split among the `free` ones, the way its kind of labels wants (images
+    `pinned` to a folder's split get theirs afterwards)."""
+    if _is_multi_label(manifest):
+        return _stratified_splits(manifest, keys, free, share, params, pinned, previous, messages)
+    return _hash_splits(keys, free, share, params)
+
+
+def _assign_folds(
+    out: pd.DataFrame, keys: pd.Series, params: SplitParams, previous: pd.DataFrame | None
+) -> pd.Series:
+    """Each image's fold (test: -1 is set by the caller)."""
+    if not _is_multi_label(out):
+        fold_draws = {k: uniform_from_hash(f"fold:{k}", params.seed) for k in keys.unique()}
+        return keys.map(lambda k: math.floor(fold_draws[k] * params.folds)).astype("int64")
+    codes, uniques, rows = _key_rows(out, keys)
+    folds = list(range(params.folds))
+    old = _previous_values(out, previous, "fold", folds)
+    old_key, _ = _old_per_key(codes, len(uniques), old)
+    # only keys with a train/val image are folded (the test split is not)
+    folded = np.zeros(len(uniques), dtype=bool)
+    folded[np.unique(codes[(out["split"] != "test").to_numpy()])] = True
+    order = np.array([uniform_from_hash(f"fold:{k}", params.seed) for k in uniques])
+    fold = np.zeros(len(uniques), dtype=np.int64)
+    share = np.full(params.folds, 1 / params.folds)
+    fold[folded] = _extend(rows[folded], old_key[folded], share, order[folded], params.seed)
+    return pd.Series(fold[codes], index=out.index, dtype="int64")
+
+
+def _per_class(manifest: pd.DataFrame) -> pd.Series:
+    """Images per class (single-label) or per label (multi-label)."""
+    if not _is_multi_label(manifest):
+        return manifest["label"].value_counts()
+    sets = _text(manifest["labels"]).tolist()
+    labels = label_classes(sets)
+    return pd.Series(multi_hot(sets, labels).sum(axis=0).astype(np.int64), index=labels)
+
+
+def _has_tiny(manifest: pd.DataFrame, tiny: list[str]) -> pd.Series:
+    """Which images have one of the `tiny` classes or labels."""
+    if not _is_multi_label(manifest):
+        return manifest["label"].isin(tiny)
+    return pd.Series(
+        multi_hot(_text(manifest["labels"]).tolist(), tiny).any(axis=1), index=manifest.index
+    )
+
+
+def plan_splits(
+    manifest: pd.DataFrame, params: SplitParams, previous: pd.DataFrame | None = None
+) -> SplitPlan:
     """The manifest with `split` (and `fold` when params.folds > 0), and messages for the user.
 
     A class with fewer images than there are splits goes to train whole (it
     could not be in every split anyway); a class left without a training
-    image is an error.
+    image is an error. Multi-label data (a `labels` column) is stratified per
+    label the same way; `previous` (the last split.parquet, multi-label only:
+    single-label assignment is a function of each key already) fixes the split
+    and fold of every image it holds.
     """
     if manifest.empty:
         raise SplitError("the clean manifest is empty: no usable images to split")
-    classes = sorted(manifest["label"].unique())
-    if len(classes) < 2:
-        raise SplitError(
-            f"only one class has usable images ({classes[0]}: {len(manifest)}): a classifier "
-            "needs at least two; collect images of another class"
-        )
+    _check_classes(manifest)
+    noun = "label(s)" if _is_multi_label(manifest) else "class(es)"
     messages: list[str] = []
     keys = group_keys(manifest, params.group_by)
-    draws = {k: uniform_from_hash(k, params.seed) for k in keys.unique()}
-    u = keys.map(draws)
     pinned = folder_pins(manifest, params)
     # the draw's cuts over the splits no folder fixes (all three, unless the tree had some)
     free = [s for s in SPLITS if s not in set(pinned.dropna())]
     share = np.array([getattr(params, s) for s in free], dtype=float)
-    cuts = np.cumsum(share) / (share.sum() if len(free) < len(SPLITS) else 1.0)
-    index = np.searchsorted(cuts[:-1], u.to_numpy(), side="right")
-    split = pd.Series(np.array(free, dtype=object)[index], index=manifest.index)
+    split = _assign_splits(manifest, keys, free, share, params, pinned, previous, messages)
     if pinned.notna().any():
         # a group (near-duplicates, group_by) follows its pinned images; the images
         # themselves always keep their folder's split
@@ -152,13 +342,13 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
             )
 
     active = 1 + (params.val > 0) + (params.test > 0)
-    per_class = manifest["label"].value_counts()
+    per_class = _per_class(manifest)
     tiny = sorted(per_class.index[per_class < active])
     if tiny:
-        tiny_keys = set(keys[manifest["label"].isin(tiny) & pinned.isna()])
+        tiny_keys = set(keys[_has_tiny(manifest, tiny) & pinned.isna()])
         split[keys.isin(tiny_keys) & pinned.isna()] = "train"
         messages.append(
-            f"class(es) {tiny} have fewer images than the {active} splits "
+            f"{noun} {tiny} have fewer images than the {active} splits "
             f"({', '.join(f'{c}: {per_class[c]}' for c in tiny)}): all their images are in "
             "train, so they are not validated or tested; add images"
         )
@@ -167,46 +357,65 @@ def plan_splits(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
     empty_train = counts.index[counts["train"] == 0].tolist()
     if empty_train:
         raise SplitError(
-            f"class(es) {empty_train} have no training image "
+            f"{noun} {empty_train} have no training image "
             f"({counts.loc[empty_train, 'total'].tolist()} image(s) in all, none drawn for "
             "train): add images, or raise split.yaml `train`"
         )
-    if counts["test"].sum() == 0:  # split.yaml requires test > 0
+    if not (out["split"] == "test").any():  # split.yaml requires test > 0
         raise SplitError(
-            f"no image drew the test split ({len(manifest)} image(s) in all; a class with "
-            f"fewer than {active} images goes to train whole), so nothing could be "
-            "evaluated: add images"
+            f"no image drew the test split ({len(manifest)} image(s) in all; a "
+            f"{noun.removesuffix('(es)').removesuffix('(s)')} with fewer than {active} images "
+            "goes to train whole), so nothing could be evaluated: add images"
         )
     for name in ("val", "test"):
         missing = [c for c in counts.index[counts[name] == 0] if c not in tiny]
         if missing and getattr(params, name) > 0:
-            messages.append(f"class(es) {missing} have no {name} image: add images")
+            messages.append(f"{noun} {missing} have no {name} image: add images")
     if params.folds:
-        fold_draws = {k: uniform_from_hash(f"fold:{k}", params.seed) for k in keys.unique()}
-        fold = keys.map(lambda k: math.floor(fold_draws[k] * params.folds)).astype("int64")
+        fold = _assign_folds(out, keys, params, previous)
         out["fold"] = fold.where(out["split"] != "test", -1).astype("int64")
         table = fold_counts(out, params.folds)
         thin = table.index[(table == 0).any(axis=1)].tolist()
         if thin:
-            messages.append(f"class(es) {thin} are missing from at least one of the folds")
+            messages.append(f"{noun} {thin} are missing from at least one of the folds")
     return SplitPlan(out, messages)
 
 
+def split_digest(params: SplitParams) -> str:
+    """A digest of every split param: a previous split is reused only under the same one."""
+    text = json.dumps(params.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
-    counts = pd.crosstab(split["label"], split["split"]).reindex(columns=SPLITS, fill_value=0)
+    """Images per class (multi-label: per label) and split, and their total."""
+    if _is_multi_label(split):
+        counts = label_counts(split, "split", SPLITS)
+    else:
+        counts = pd.crosstab(split["label"], split["split"]).reindex(columns=SPLITS, fill_value=0)
     counts["total"] = counts.sum(axis=1)
     return counts
 
 
 def fold_counts(split: pd.DataFrame, folds: int) -> pd.DataFrame:
-    """Train+val images per class and fold."""
+    """Train+val images per class (multi-label: per label) and fold."""
     folded = split[split["fold"] >= 0]
-    table = pd.crosstab(folded["label"], folded["fold"])
-    table = table.reindex(index=sorted(split["label"].unique()), columns=range(folds), fill_value=0)
+    if _is_multi_label(split):
+        table = label_counts(folded, "fold", range(folds))
+        table = table.reindex(
+            index=label_classes(_text(split["labels"]).tolist()), columns=range(folds), fill_value=0
+        )
+    else:
+        table = pd.crosstab(folded["label"], folded["fold"])
+        table = table.reindex(
+            index=sorted(split["label"].unique()), columns=range(folds), fill_value=0
+        )
     table.columns = [f"fold_{f}" for f in table.columns]
     return table
 
 
 @task(name="assign-splits", cache_policy=NO_CACHE)
-def split_task(manifest: pd.DataFrame, params: SplitParams) -> SplitPlan:
-    return plan_splits(manifest, params)
+def split_task(
+    manifest: pd.DataFrame, params: SplitParams, previous: pd.DataFrame | None = None
+) -> SplitPlan:
+    return plan_splits(manifest, params, previous)
