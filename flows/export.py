@@ -49,7 +49,10 @@ def split_pixels(
     rows = _split_rows(project, part)
     if limit is not None and len(rows) > limit:
         rows = rows.sample(n=limit, random_state=0).sort_index()
-    unknown = sorted(set(rows["label"]) - set(model.classes)) if len(rows) else []
+    column = model.task.column
+    known = set(model.classes)
+    seen = set(rows[column]) if column == "label" else set(model.task.classes(rows))
+    unknown = sorted(seen - known) if len(rows) else []
     if unknown:
         raise ExportDataError(
             f"the model's classes do not match the project's data: the {part} split has "

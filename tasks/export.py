@@ -27,6 +27,7 @@ from torch import nn
 
 from tasks.files import atomic_path
 from tasks.inference import class_labels
+from tasks.label_task import task_named
 
 Format = Literal["onnx", "torchscript"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
@@ -43,7 +44,7 @@ class ExportParityError(RuntimeError):
 @dataclass
 class Parity:
     max_abs_diff: float
-    same_argmax: bool
+    same_argmax: bool  # the same decisions: top-1, or every label's yes/no at its threshold
     n_inputs: int
 
     def ok(self, atol: float) -> bool:
@@ -54,9 +55,11 @@ class PixelsIn(nn.Module):
     """uint8 RGB (N, H, W, 3) → float, albumentations' normalisation, NCHW → the network;
     returns (logits, probabilities)."""
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+    def __init__(
+        self, net: nn.Module, mean: list[float], std: list[float], activation: str = "softmax"
+    ) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.sigmoid = net, activation == "sigmoid"  # fixed when traced
         # albumentations: (pixel - 255·mean) · 1/(255·std), in float32
         self.register_buffer("offset", torch.tensor(mean).mul(255.0).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(std).mul(255.0).reciprocal().view(1, 3, 1, 1))
@@ -65,20 +68,20 @@ class PixelsIn(nn.Module):
         # in the network's dtype (fp16 once `.half()`), logits and softmax in float32
         x = (pixels.permute(0, 3, 1, 2).to(self.offset.dtype) - self.offset) * self.scale
         logits = self.net(x).float()
-        return logits, logits.softmax(1)
+        return logits, logits.sigmoid() if self.sigmoid else logits.softmax(1)
 
 
 class FloatIn(nn.Module):
     """The bare network on a normalised float NCHW batch; returns (logits, probabilities)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, activation: str = "softmax") -> None:
         super().__init__()
-        self.net = net
+        self.net, self.sigmoid = net, activation == "sigmoid"
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = next(self.net.parameters()).dtype  # fp16 once `.half()`; the input stays fp32
         logits = self.net(image.to(dtype)).float()
-        return logits, logits.softmax(1)
+        return logits, logits.sigmoid() if self.sigmoid else logits.softmax(1)
 
 
 def resize_rule(meta: dict) -> dict:
@@ -123,7 +126,12 @@ def metadata(meta: dict, pixels: bool = True, precision: str = "fp32") -> dict[s
 
 
 def graph(net: nn.Module, meta: dict, pixels: bool) -> nn.Module:
-    wrapped = PixelsIn(net, meta["mean"], meta["std"]) if pixels else FloatIn(net)
+    """The exported module: probabilities by the model's kind (softmax, or a sigmoid per
+    label for multi-label models)."""
+    activation = task_named(meta.get("task")).activation_name
+    wrapped = (
+        PixelsIn(net, meta["mean"], meta["std"], activation) if pixels else FloatIn(net, activation)
+    )
     return wrapped.cpu().eval()
 
 
@@ -201,9 +209,10 @@ def check_parity(
     expected = torch_logits(net, pixels, meta)
     inputs = pixels if pixels_in else normalised(pixels, meta).numpy()
     got = run_exported(path, fmt, inputs)
+    task, cut = task_named(meta.get("task")), meta.get("thresholds")
     return Parity(
         max_abs_diff=float(np.abs(expected - got).max()),
-        same_argmax=bool((expected.argmax(1) == got.argmax(1)).all()),
+        same_argmax=bool((task.decisions(expected, cut) == task.decisions(got, cut)).all()),
         n_inputs=len(pixels),
     )
 

@@ -108,6 +108,14 @@ class SingleLabel:
         """What model.pt records about the kind (nothing: single-label is the default)."""
         return {}
 
+    def decisions(self, logits: np.ndarray, thresholds=None) -> np.ndarray:
+        """What a model decides from its logits: the class index per image."""
+        return np.asarray(logits).argmax(1)
+
+    def truth(self, targets: np.ndarray) -> np.ndarray:
+        """Targets in the form `decisions` takes."""
+        return np.asarray(targets)
+
     def evaluate(self, probs, targets, labels: list[str], paths: list[str], params, meta: dict):
         """The test split's Evaluation (tasks/evaluate.py) under evaluate.yaml's `params`."""
         from tasks.evaluate import evaluate_predictions
@@ -218,6 +226,14 @@ class MultiLabel(SingleLabel):
 
     def payload(self) -> dict:
         return {"task": self.kind}
+
+    def decisions(self, logits: np.ndarray, thresholds=None) -> np.ndarray:
+        """Each label present or not (image × label), at the model's thresholds."""
+        cut = 0.5 if thresholds is None else np.asarray(thresholds)
+        return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64))) >= cut
+
+    def truth(self, targets: np.ndarray) -> np.ndarray:
+        return np.asarray(targets) > 0.5
 
     def evaluate(self, probs, targets, labels: list[str], paths: list[str], params, meta: dict):
         from tasks.evaluate import evaluate_multilabel

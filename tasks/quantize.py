@@ -127,24 +127,28 @@ def gate(
     precision: str,
 ) -> Gate:
     """Agreement and accuracy of `exported` (a runtime.ExportedModel) against the PyTorch `net`
-    on (uint8 NHWC pixels, targets) batches."""
+    on (uint8 NHWC pixels, targets) batches. Multi-label models are compared on every
+    (image, label) decision at their thresholds: agreement and label accuracy."""
     from tasks.export import normalised
+    from tasks.label_task import task_named
 
-    same = right = right_ref = n = 0
+    task, cut = task_named(meta.get("task")), meta.get("thresholds")
+    same = right = right_ref = n = cells = 0
     net.eval()
     for pixels, targets in batches:
         inputs = normalised(pixels, meta)
         with torch.no_grad():
-            reference = net(inputs).float().argmax(1).numpy()
+            reference = task.decisions(net(inputs).float().numpy(), cut)
         fed = pixels if exported.pixels_in else inputs.numpy()
-        got = exported.run(np.ascontiguousarray(fed))[0].argmax(1)
+        got = task.decisions(exported.run(np.ascontiguousarray(fed))[0], cut)
+        truth = task.truth(targets)
         same += int((got == reference).sum())
-        right += int((got == targets).sum())
-        right_ref += int((reference == targets).sum())
-        n += len(targets)
+        right += int((got == truth).sum())
+        right_ref += int((reference == truth).sum())
+        n, cells = n + len(truth), cells + truth.size
     if not n:
         raise GateError("no test images to check the quantized model on")
-    return Gate(precision, n, same / n, right / n, right_ref / n)
+    return Gate(precision, n, same / cells, right / cells, right_ref / cells)
 
 
 def batched(
