@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +44,8 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     params, data, refit, overridden = final.params, final.data, final.refit, final.overridden
     log = get_run_logger()
     trained_on = len(data.part("train"))
-    log.info("training %s on %d classes, %d images", params.model, len(data.classes), trained_on)
+    nouns = data.task.plural
+    log.info("training %s on %d %s, %d images", params.model, len(data.classes), nouns, trained_on)
     if overridden:
         log.warning(overridden)
     if refit:
@@ -60,26 +60,27 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     ) as live:
 
         def on_epoch(m: EpochMetrics) -> None:
-            for key, value in asdict(m).items():
+            for key, value in m.record().items():
                 if key not in ("epoch", "frozen") and value is not None:  # loss, accuracy, lr…
                     live.log_metric(key, value)
             live.next_step()
             log.info(
                 "epoch %d/%d (%d backbone stages training) train_loss=%.4f val_loss=%s "
-                "val_accuracy=%s, %.0f img/s, %.0f%% of the time waiting for data",
+                "val_accuracy=%s%s, %.0f img/s, %.0f%% of the time waiting for data",
                 m.epoch + 1,
                 params.epochs,
                 m.trainable_stages,
                 m.train_loss,
                 f"{m.val_loss:.4f}" if m.val_loss is not None else "-",
                 f"{m.val_accuracy:.4f}" if m.val_accuracy is not None else "-",
+                f" val_map={m.val_map:.4f}" if m.val_map is not None else "",
                 m.images_per_s,
                 100 * m.data_wait,
             )
             progress(m.epoch + 1, params.epochs)
 
         result = fit(params, data, out_dir=out, on_epoch=on_epoch)
-    history = pd.DataFrame([asdict(m) for m in result.history])
+    history = pd.DataFrame([m.record() for m in result.history])
     write_csv(history, out / "history.csv")
     plot_curves(history, out / "curves.png")
     best = result.best
@@ -93,6 +94,8 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
         "val_loss": best.val_loss if best else None,
         "val_accuracy": best.val_accuracy if best else None,
     }
+    if best and best.val_map is not None:
+        summary["val_map"] = best.val_map
     publish_markdown(
         "train-summary",
         f"# train\n\n`{params.model}`, {len(data.classes)} classes\n\n"
@@ -104,7 +107,9 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     )
     publish_image("train-curves", out / "curves.png", "training curves")
     kept = f"epoch {summary['best_epoch']} of {summary['epochs_run']} kept"
-    if best and best.val_accuracy is not None:
+    if best and best.val_map is not None:
+        kept += f" (val mAP {best.val_map:.4f}, val loss {best.val_loss:.4f})"
+    elif best and best.val_accuracy is not None:
         kept += f" (val accuracy {best.val_accuracy:.4f}, val loss {best.val_loss:.4f})"
     log.info(
         "train: %s on %d images%s; %s%s → %s",

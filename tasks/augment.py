@@ -13,6 +13,7 @@ import pandas as pd
 from albumentations.pytorch import ToTensorV2
 
 from params import AugmentParams
+from tasks.label_task import task_of
 from tasks.transforms import PRESETS, build_transforms
 
 
@@ -86,14 +87,14 @@ def render_preview(
     reader = ShardReader(clean_dir)
     preview = A.Compose(random_steps(params), seed=params.seed)
     train = split[split["split"] == "train"]
-    labels = sorted(train["label"].unique())
+    examples = task_of(split).examples(train)
+    labels = list(examples)
     cols = params.preview_per_class + 1
     fig, axes = pyplot().subplots(
         len(labels), cols, figsize=(1.6 * cols, 1.6 * len(labels)), squeeze=False
     )
     for row, label in enumerate(labels):
-        first = train[train["label"] == label].iloc[0]
-        image = reader.image(first["sha256"])
+        image = reader.image(examples[label])
         axes[row][0].imshow(image)
         axes[row][0].set_title("original", fontsize=7)
         axes[row][0].set_ylabel(label, fontsize=8)
@@ -102,6 +103,8 @@ def render_preview(
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("train augmentations (first train image of each class)", fontsize=9)
+    fig.suptitle(
+        f"train augmentations (first train image of each {task_of(split).noun})", fontsize=9
+    )
     fig.tight_layout()
     save_figure(fig, out_png, dpi=90)

@@ -14,9 +14,11 @@ def plot_curves(history: pd.DataFrame, out_png: Path) -> None:
     epochs = history["epoch"] + 1
     for col in ("train_loss", "val_loss"):
         ax_loss.plot(epochs, history[col], marker="o", label=col)
-    for col in ("train_accuracy", "val_accuracy"):
+    scores = ["train_accuracy", "val_accuracy"] + (["val_map"] if "val_map" in history else [])
+    for col in scores:
         ax_acc.plot(epochs, history[col], marker="o", label=col)
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    named = "accuracy" if len(scores) == 2 else "label accuracy and mAP"
+    for ax, title in ((ax_loss, "loss"), (ax_acc, named)):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.legend()

@@ -51,8 +51,17 @@ class SingleLabel:
     calibration_axis = ("confidence (top-1 probability)", "images")  # reliability.png's
     confusion_title = "test confusion matrix"
 
+    noun, plural = "class", "classes"
+
     def classes(self, frame: pd.DataFrame) -> list[str]:
         return sorted(frame["label"].unique())
+
+    def examples(self, train: pd.DataFrame) -> dict[str, str]:
+        """{class: sha256 of its first train image}: the augment preview's rows."""
+        return {
+            label: train.loc[train["label"] == label, "sha256"].iloc[0]
+            for label in self.classes(train)
+        }
 
     def class_labels(self, frame: pd.DataFrame, classes: list[str]) -> list[str]:
         """Each class as its user named it: the most common original label of its images."""
@@ -168,8 +177,18 @@ class MultiLabel(SingleLabel):
     calibration_axis = ("predicted probability of a label", "image × label pairs")
     confusion_title = "label co-occurrence: actual label × predicted label"
 
+    noun, plural = "label", "labels"
+    PREVIEW_LABELS = 12  # the preview shows the most frequent labels only
+
     def classes(self, frame: pd.DataFrame) -> list[str]:
         return multilabel.label_classes(frame["labels"].astype(str).tolist())
+
+    def examples(self, train: pd.DataFrame) -> dict[str, str]:
+        labels = self.classes(train)
+        hot = self.targets(train, labels) > 0
+        frequent = sorted(np.argsort(-hot.sum(0), kind="stable")[: self.PREVIEW_LABELS])
+        shas = train["sha256"].to_numpy()
+        return {labels[j]: shas[hot[:, j].argmax()] for j in frequent}
 
     def class_labels(self, frame: pd.DataFrame, classes: list[str]) -> list[str]:
         """Each label as its user named it (original_labels holds the names in set order)."""
@@ -238,9 +257,12 @@ class MultiLabel(SingleLabel):
     def evaluate(self, probs, targets, labels: list[str], paths: list[str], params, meta: dict):
         from tasks.evaluate import evaluate_multilabel
 
-        return evaluate_multilabel(
+        ev = evaluate_multilabel(
             probs, targets, labels, paths, meta.get("thresholds"), params.calibration_bins
         )
+        if meta.get("threshold_f1") is not None:  # what the thresholds gave on validation
+            ev.metrics["val_f1_micro"] = meta["threshold_f1"]
+        return ev
 
     def headline(self, ev) -> str:
         from tasks.evaluate import headline_multilabel

@@ -1,0 +1,155 @@
+"""Multi-label training, thresholds, evaluation, prediction and export on real emoji tagged with
+their keywords (tests/multilabel_data.py): the same code paths as single-label, through the
+label task the data implies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from params import AugmentParams, EvaluateParams, SplitParams, TrainParams
+from tasks import multilabel
+from tasks.augment import build_pipelines
+from tasks.clean import clean_dataset
+from tasks.inference import MODEL, LoadedModel, predict_probs
+from tasks.label_task import MULTI, SINGLE, task_named, task_of
+from tasks.model import LITE0, preprocessing
+from tasks.split import plan_splits
+from tasks.train import TrainData, fit
+from tests.multilabel_data import emoji_tags
+from tests.training import CLEAN
+
+TINY = dict(epochs=3, freeze_epochs=1, batch_size=8, patience=5, lr=3e-3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory) -> tuple[TrainData, Path]:
+    """60 emoji with 1-3 of 6 labels: cleaned into a real cache, split 60/20/20 by labels."""
+    root = tmp_path_factory.mktemp("multilabel")
+    tags = pd.read_csv(emoji_tags(root / "source"), dtype=str)
+    (root / "data").mkdir()
+    shutil.copytree(root / "source" / "images", root / "data" / "_images")
+    records = clean_dataset(root / "data", root / "clean", CLEAN).records
+    manifest = pd.DataFrame([r.__dict__ for r in records])
+    sets = dict(
+        zip("_images/" + tags["path"].str.removeprefix("images/"), tags["labels"], strict=True)
+    )
+    manifest["labels"] = [multilabel.join_set(sets[p].split()) for p in manifest["path"]]
+    manifest = manifest.drop(columns=["label"])
+    split = plan_splits(manifest, SplitParams(train=0.6, val=0.2, test=0.2)).frame
+    mean, std = preprocessing(LITE0)
+    train_pipe, eval_pipe = build_pipelines(AugmentParams(image_size=32), mean, std)
+    data = TrainData(split, root / "clean", train_pipe, eval_pipe, image_size=32, clean=CLEAN)
+    return data, root
+
+
+@pytest.fixture(scope="module")
+def trained(tagged) -> tuple[TrainData, Path]:
+    data, root = tagged
+    out = root / "train"
+    result = fit(TrainParams(**TINY), data, out_dir=out, show_progress=False)
+    assert result.monitor == "val_map"  # monitor: auto on multi-label data
+    assert all(m.val_map is not None for m in result.history)
+    return data, out / MODEL
+
+
+def test_the_data_implies_the_kind(tagged):
+    data, _ = tagged
+    assert task_of(data.split) is MULTI and data.task is MULTI
+    assert data.classes == ["animal", "face", "female", "flag", "male", "nature"]
+    targets = data.task.targets(data.part("train"), data.classes)
+    assert targets.shape == (len(data.part("train")), 6) and set(np.unique(targets)) == {0, 1}
+    assert task_of(data.split.rename(columns={"labels": "label"})) is SINGLE
+
+
+def test_model_file_holds_the_kind_and_a_threshold_per_label(trained):
+    data, model = trained
+    meta = LoadedModel.load(model).meta
+    assert meta["task"] == "multi_label" and task_named(meta["task"]) is MULTI
+    assert meta["classes"] == data.classes
+    assert len(meta["thresholds"]) == 6 and all(0 <= t <= 1 for t in meta["thresholds"])
+    assert 0 <= meta["threshold_f1"] <= 1
+
+
+def test_stored_thresholds_give_the_validation_f1_the_model_reports(trained):
+    """The thresholds chosen on val reproduce, through the model file and its own eval
+    pipeline, the validation micro-F1 recorded with them."""
+    from sklearn.metrics import f1_score
+
+    data, model = trained
+    probs, targets, meta = predict_probs(model, data.part("val"), data.clean_dir)
+    decided = multilabel.decide(probs, np.asarray(meta["thresholds"]))
+    f1 = f1_score(targets > 0.5, decided, average="micro", zero_division=0)
+    assert f1 == pytest.approx(meta["threshold_f1"], abs=1e-6)
+    # the best cut of each label beats (or ties) one global 0.5
+    half = f1_score(targets > 0.5, probs >= 0.5, average="micro", zero_division=0)
+    assert f1 >= half - 1e-9
+
+
+def test_evaluation_reports_mean_average_precision_per_label(trained):
+    from sklearn.metrics import average_precision_score
+
+    data, model = trained
+    test = data.part("test")
+    probs, targets, meta = predict_probs(model, test, data.clean_dir)
+    ev = MULTI.evaluate(probs, targets, data.classes, list(test["path"]), EvaluateParams(), meta)
+    has = targets.sum(0) > 0
+    expected = average_precision_score(targets[:, has], probs[:, has], average="macro")
+    assert ev.metrics["map_macro"] == pytest.approx(expected)
+    assert {"f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "hamming_loss"} <= set(
+        ev.metrics
+    )
+    assert list(ev.per_class["class"]) == data.classes
+    assert {"ap", "precision", "recall", "f1", "support", "threshold"} <= set(ev.per_class)
+    # predictions.csv: one row per image and label, with the threshold that decided it
+    assert len(ev.predictions) == 6 * len(test)
+    assert set(ev.predictions["actual"]) <= {"yes", "no"}
+    assert set(ev.curves["label"]) <= set(data.classes) and len(ev.curves)
+    line = MULTI.headline(ev)
+    assert line.startswith("test mAP") and "worst label" in line
+
+
+def test_predict_gives_a_label_set_and_a_probability_per_label(trained, tagged):
+    from tasks.predict import predict_images
+
+    data, model = trained
+    _, root = tagged
+    paths = sorted((root / "data" / "_images").glob("*.png"))[:8]
+    frame = predict_images(model, paths)
+    assert list(frame.columns) == ["path", "labels", *[f"p_{c}" for c in data.classes], "error"]
+    meta = LoadedModel.load(model).meta
+    for row in frame.itertuples():
+        probs = np.array([getattr(row, f"p_{c}") for c in data.classes])
+        chosen = {
+            c for c, p, t in zip(data.classes, probs, meta["thresholds"], strict=True) if p >= t
+        }
+        assert set(row.labels.split()) == chosen
+    everything = predict_images(model, paths, threshold=0.0)
+    assert all(set(s.split()) == set(data.classes) for s in everything["labels"])
+    nothing = predict_images(model, paths, threshold=1.0)
+    assert (nothing["labels"] == "").all()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exports_carry_sigmoid_probabilities_and_thresholds(trained, tmp_path, fmt):
+    from tasks.export import export_model
+    from tasks.runtime import open_model
+    from tests.training import split_pixels_of
+
+    data, model = trained
+    loaded = LoadedModel.load(model)
+    pixels = split_pixels_of(data, data.classes)
+    suffix = ".onnx" if fmt == "onnx" else ".ts"
+    parity = export_model(loaded.net, loaded.meta, fmt, tmp_path / f"m{suffix}", pixels)
+    assert parity.same_argmax and parity.max_abs_diff <= 1e-4
+    exported = open_model(tmp_path / f"m{suffix}")
+    assert exported.meta["task"] == "multi_label"
+    assert exported.meta["thresholds"] == pytest.approx(loaded.meta["thresholds"])
+    logits, probs = exported.run(np.ascontiguousarray(pixels))
+    assert np.allclose(probs, torch.sigmoid(torch.from_numpy(logits)).numpy(), atol=1e-6)
+    assert not np.allclose(probs.sum(1), 1)  # not a softmax
