@@ -153,3 +153,64 @@ def test_exports_carry_sigmoid_probabilities_and_thresholds(trained, tmp_path, f
     logits, probs = exported.run(np.ascontiguousarray(pixels))
     assert np.allclose(probs, torch.sigmoid(torch.from_numpy(logits)).numpy(), atol=1e-6)
     assert not np.allclose(probs.sum(1), 1)  # not a softmax
+
+
+def test_the_search_ranks_trials_by_val_map_and_compares_them_per_image(tagged, tmp_path):
+    from params import TuneParams
+    from tasks.tune import (
+        HITS,
+        best_record,
+        for_data,
+        make_storage,
+        open_study,
+        run_trial,
+        study_name,
+        unpack_hits,
+    )
+
+    data, _ = tagged
+    space = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    tune, base = for_data(TuneParams(n_trials=2, epochs=1, space=space), TrainParams(**TINY), data)
+    assert (tune.metric, base.monitor) == ("val_map", "val_map")
+    name = study_name(tune, base, data)
+    for slot in range(2):
+        run_trial(slot, tune, base, data, tmp_path, name, deadline=None)
+    study = open_study(tune, make_storage(tune, tmp_path), name)
+    assert study.direction.name == "MAXIMIZE"
+    for trial in study.trials:  # each trial keeps its best epoch's ranking precision per image
+        scores = unpack_hits(trial.user_attrs[HITS])
+        assert scores.dtype == float and scores.size == len(data.part("val"))
+        assert ((scores >= 0) & (scores <= 1)).all()
+    assert "best_val_map" in best_record(study, tune)
+
+
+def test_a_trial_replaces_the_start_only_if_its_per_image_gain_is_not_noise():
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from params import TuneParams
+    from tasks.tune import HITS, START, chosen_trial, pack_hits
+
+    study = optuna.create_study(direction="maximize")
+    lr = {"lr": FloatDistribution(1e-3, 1e-2, log=True)}
+    rng = np.random.default_rng(0)
+    start = rng.uniform(0.3, 0.95, 200)
+
+    def add(scores: np.ndarray, first: bool = False) -> None:
+        attrs = {HITS: pack_hits(scores)} | ({START: True} if first else {})
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 0.001 + len(study.trials) / 1000},
+                distributions=lr,
+                value=float(scores.mean()),
+                user_attrs=attrs,
+            )
+        )
+
+    add(start, first=True)
+    add(np.clip(start + rng.normal(0.008, 0.05, 200), 0, 1))  # a hair better on average: noise
+    tune = TuneParams(n_trials=3, metric="val_map", confidence=0.9)
+    assert study.best_trial.number == 1  # the best by value, but its gain is a Wilcoxon p ≈ 0.25
+    assert chosen_trial(study, tune).number == 0
+    add(np.clip(start + 0.05, 0, 1))  # better on nearly every image
+    assert chosen_trial(study, tune).number == 2
