@@ -35,17 +35,21 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
     log = get_run_logger()
     progress = ProgressArtifact("crossval-progress", "folds")
 
+    data = train_data(project)
+    score = data.task.decision_metric  # accuracy | map_macro
+
     def on_fold(result: FoldResult, n_folds: int) -> None:
         log.info(
-            "fold %d: %d train / %d held out, accuracy %.4f",
+            "fold %d: %d train / %d held out, %s %.4f",
             result.fold,
             result.n_train,
             result.n_val,
-            result.metrics["accuracy"],
+            score,
+            result.metrics[score],
         )
         progress(result.fold + 1, n_folds)
 
-    cv = run_crossval(train, params, train_data(project), out, on_fold=on_fold)
+    cv = run_crossval(train, params, data, out, on_fold=on_fold)
     folds = pd.DataFrame(
         [
             {"fold": f.fold, "n_train": f.n_train, "n_val": f.n_val, "best_epoch": f.best_epoch + 1}
@@ -68,10 +72,7 @@ def crossval_flow(params: CrossvalParams, train: TrainParams, root: str = ".") -
     )
     if len(cv.label_issues):
         rows = cv.label_issues.assign(
-            gallery=[
-                f"{r.label} → {r.suggested}? ({r.p_suggested:.2f})"
-                for r in cv.label_issues.itertuples()
-            ]
+            gallery=[data.task.issue_caption(r) for r in cv.label_issues.itertuples()]
         ).head(32)
         title = "label issues: the out-of-fold prediction disagrees"
         plot_gallery(rows, project.artifacts("clean"), title, out / "label_issues.png")

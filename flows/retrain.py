@@ -29,6 +29,7 @@ from tasks.registry import (
     Decision,
     compare_models,
     decide,
+    decision_metric,
     promote,
     read_registry,
     record_decision,
@@ -100,12 +101,13 @@ def _retrain(project: Project, params: RetrainParams, log) -> dict:
             git_head(project.root),
         )
     shared = comparison.shared_challenger, comparison.shared_champion
+    metric = decision_metric(comparison, params)
     decision = Decision(
         promoted=promoted,
         reason=reason,
-        metric=params.metric,
-        challenger=(shared[0] or {}).get(params.metric, comparison.challenger[params.metric]),
-        champion=shared[1].get(params.metric) if shared[1] else None,
+        metric=metric,
+        challenger=(shared[0] or {}).get(metric, comparison.challenger[metric]),
+        champion=shared[1].get(metric) if shared[1] else None,
         champion_version=registry.champion,
         new_version=new_version,
         data_version=after,

@@ -549,7 +549,11 @@ class RetrainParams(_Params):
         "moved to another label) are removed, as `visiontune collect --mirror`",
     )
     # how to decide
-    metric: str = Field("accuracy", description="key of metrics.json that decides promotion")
+    metric: str = Field(
+        "auto",
+        description="key of metrics.json that decides promotion; auto = accuracy, or "
+        "map_macro for multi-label data",
+    )
     higher_is_better: bool = True
     margin: float = Field(
         0.0, ge=0, description="promote only if the challenger beats the champion by more"

@@ -19,11 +19,9 @@ import numpy as np
 import pandas as pd
 
 from params import CrossvalParams, TrainParams
-from tasks.evaluate import evaluate_predictions
 from tasks.inference import MODEL, predict_probs
+from tasks.label_task import SingleLabel, metric_direction, task_named
 from tasks.train import TrainData, fit
-
-SUMMARY_KEYS = ("accuracy", "f1_macro", "log_loss", "ece")
 
 
 class CrossvalError(ValueError):
@@ -71,14 +69,15 @@ def _probs(model_pt: Path, frame: pd.DataFrame, data: TrainData, batch_size: int
     return predict_probs(model_pt, frame, data.clean_dir, "cpu", batch_size)[0]
 
 
-def _targets(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    return frame["label"].map(index).to_numpy()
+def _targets(frame: pd.DataFrame, classes: list[str], task: SingleLabel) -> np.ndarray:
+    return np.asarray(task.targets(frame, classes))
 
 
-def mean_std(rows: list[dict[str, float]]) -> dict[str, float]:
+def mean_std(
+    rows: list[dict[str, float]], keys: tuple[str, ...] = SingleLabel.summary_keys
+) -> dict[str, float]:
     out: dict[str, float] = {}
-    for key in SUMMARY_KEYS:
+    for key in keys:
         values = [r[key] for r in rows if key in r]
         if values:
             out[f"{key}_mean"] = float(np.mean(values))
@@ -92,7 +91,7 @@ def find_label_issues(
     """Training images whose out-of-fold prediction confidently disagrees with their label."""
     from cleanlab.filter import find_label_issues as cleanlab_issues
 
-    targets = _targets(pool, classes)
+    targets = _targets(pool, classes, SingleLabel())
     if limit == 0 or len(np.unique(targets)) < 2:
         return pd.DataFrame(columns=["path", "label", "suggested", "p_label", "p_suggested"])
     ranked = cleanlab_issues(
@@ -112,31 +111,69 @@ def find_label_issues(
     )
 
 
+def find_multilabel_issues(
+    pool: pd.DataFrame, oof_probs: np.ndarray, classes: list[str], limit: int
+) -> pd.DataFrame:
+    """Training images whose label set the out-of-fold predictions doubt, by cleanlab's
+    multi-label mode: with the labels it would add and remove (out-of-fold p ≥ 0.5 / < 0.5)."""
+    from cleanlab.multilabel_classification.filter import find_label_issues as issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+    columns = ["path", "sha256", "labels", "suggested_add", "suggested_remove", "quality", "fold"]
+    hot = _targets(pool, classes, task_named("multi_label")) > 0.5
+    if limit == 0 or len(pool) < 2 or hot.all(0).all() or not hot.any():
+        return pd.DataFrame(columns=columns)
+    labels = [list(np.flatnonzero(row)) for row in hot]
+    ranked = issues(labels=labels, pred_probs=oof_probs, return_indices_ranked_by="self_confidence")
+    ranked = ranked[:limit]
+    quality = get_label_quality_scores(labels, oof_probs)
+    names = np.asarray(classes, dtype=object)
+    predicted = oof_probs >= 0.5
+    return pd.DataFrame(
+        {
+            "path": pool["path"].to_numpy()[ranked],
+            "sha256": pool["sha256"].to_numpy()[ranked],
+            "labels": pool["labels"].to_numpy()[ranked],
+            "suggested_add": [" ".join(names[predicted[i] & ~hot[i]]) for i in ranked],
+            "suggested_remove": [" ".join(names[hot[i] & ~predicted[i]]) for i in ranked],
+            "quality": quality[ranked].round(4),
+            "fold": pool["fold"].to_numpy()[ranked],
+        },
+        columns=columns,
+    )
+
+
 def ensemble_gain(
-    folds: list[FoldResult], test: pd.DataFrame, classes: list[str], k: int | None, monitor: str
+    folds: list[FoldResult],
+    test: pd.DataFrame,
+    classes: list[str],
+    k: int | None,
+    monitor: str,
+    task: SingleLabel | None = None,
 ) -> dict[str, float]:
-    """Test accuracy / log loss of the average of the best k fold models vs the single models."""
+    """Test accuracy (multi-label: mAP) and log loss of the average of the best k fold models
+    vs the single models."""
+    task = task or SingleLabel()
     usable = [f for f in folds if f.test_probs is not None]
     if not usable or test.empty:
         return {}
-    maximise = monitor.endswith("accuracy")
+    maximise = metric_direction(task.resolve(monitor)) == "maximize"
     ranked = sorted(usable, key=lambda f: -f.best_score if maximise else f.best_score)
     chosen = ranked[: k or len(ranked)]
-    targets = _targets(test, classes)
-    singles = [
-        evaluate_predictions(f.test_probs, targets, classes, list(test["path"]), 1).metrics
-        for f in chosen
-    ]
+    targets = _targets(test, classes, task)
+    singles = [task.metrics(f.test_probs, targets, classes) for f in chosen]
     averaged = np.mean([f.test_probs for f in chosen], axis=0)
-    ens = evaluate_predictions(averaged, targets, classes, list(test["path"]), 1).metrics
-    single_acc = float(np.mean([m["accuracy"] for m in singles]))
+    ens = task.metrics(averaged, targets, classes)
+    score = task.decision_metric  # accuracy | map_macro
+    single_acc = float(np.mean([m[score] for m in singles]))
     single_loss = float(np.mean([m["log_loss"] for m in singles]))
     return {
         "models": len(chosen),
         "folds": [f.fold for f in chosen],  # type: ignore[dict-item]
-        "test_accuracy_single_mean": single_acc,
-        "test_accuracy_ensemble": ens["accuracy"],
-        "accuracy_gain": ens["accuracy"] - single_acc,
+        "metric": score,  # type: ignore[dict-item]
+        f"test_{score}_single_mean": single_acc,
+        f"test_{score}_ensemble": ens[score],
+        f"{score}_gain": ens[score] - single_acc,
         "test_log_loss_single_mean": single_loss,
         "test_log_loss_ensemble": ens["log_loss"],
         "log_loss_gain": single_loss - ens["log_loss"],
@@ -153,7 +190,7 @@ def run_crossval(
 ) -> Crossval:
     """Train one model per fold (each resumable from out_dir/fold<k>), then score them."""
     pool = fold_pool(data.split)
-    classes = data.classes
+    classes, task = data.classes, data.task
     params = train.model_copy(update={"epochs": cv.epochs} if cv.epochs else {})
     if params.head_epochs > params.epochs:
         params = params.model_copy(update={"freeze_epochs": params.epochs})
@@ -174,9 +211,7 @@ def run_crossval(
         )
         probs = _probs(fold_dir / MODEL, pool[held], data, 64)
         oof[held] = probs
-        metrics = evaluate_predictions(
-            probs, _targets(pool[held], classes), classes, list(pool[held]["path"]), 1
-        ).metrics
+        metrics = task.metrics(probs, _targets(pool[held], classes, task), classes)
         result = FoldResult(
             fold=k,
             n_train=int((~held).sum()),
@@ -190,17 +225,21 @@ def run_crossval(
         results.append(result)
         if on_fold:
             on_fold(result, len(fold_ids))
-    oof_frame = pool[["path", "label", "fold"]].copy()
-    oof_frame["predicted"] = [classes[i] for i in oof.argmax(1)]
+    oof_frame = pool[["path", task.column, "fold"]].copy()
+    rows = [task.prediction_row(p, classes, 1) for p in oof]
+    if "predicted" in rows[0]:
+        oof_frame["predicted"] = [r["predicted"] for r in rows]
+    else:
+        oof_frame["predicted"] = [r["labels"] for r in rows]
     for i, c in enumerate(classes):
         oof_frame[f"p_{c}"] = oof[:, i].round(4)
     return Crossval(
         folds=results,
         pool=pool,
         classes=classes,
-        summary={"folds": len(results)} | mean_std([r.metrics for r in results]),
-        ensemble=ensemble_gain(results, test, classes, cv.ensemble_k, params.monitor),
-        label_issues=find_label_issues(pool, oof, classes, cv.label_issues),
+        summary={"folds": len(results)} | mean_std([r.metrics for r in results], task.summary_keys),
+        ensemble=ensemble_gain(results, test, classes, cv.ensemble_k, params.monitor, task),
+        label_issues=task.label_issues(pool, oof, classes, cv.label_issues),
         oof=oof_frame,
     )
 
@@ -213,11 +252,12 @@ def describe(summary: dict, ensemble: dict) -> list[str]:
         if key.endswith("_mean")
     ]
     if ensemble:
+        score = ensemble.get("metric", "accuracy")
         lines.append(
-            f"ensemble of {ensemble['models']} fold models on the test split: accuracy "
-            f"{ensemble['test_accuracy_ensemble']:.4f} vs "
-            f"{ensemble['test_accuracy_single_mean']:.4f} for one model "
-            f"({ensemble['accuracy_gain']:+.4f}); log loss "
+            f"ensemble of {ensemble['models']} fold models on the test split: {score} "
+            f"{ensemble[f'test_{score}_ensemble']:.4f} vs "
+            f"{ensemble[f'test_{score}_single_mean']:.4f} for one model "
+            f"({ensemble[f'{score}_gain']:+.4f}); log loss "
             f"{ensemble['test_log_loss_ensemble']:.4f} vs "
             f"{ensemble['test_log_loss_single_mean']:.4f}"
         )

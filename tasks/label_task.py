@@ -52,6 +52,7 @@ class SingleLabel:
     confusion_title = "test confusion matrix"
 
     noun, plural = "class", "classes"
+    summary_keys = ("accuracy", "f1_macro", "log_loss", "ece")  # crossval's mean ± std
 
     def classes(self, frame: pd.DataFrame) -> list[str]:
         return sorted(frame["label"].unique())
@@ -138,6 +139,35 @@ class SingleLabel:
 
         return headline(ev.metrics, ev.per_class)
 
+    def metrics(
+        self, probs, targets, labels: list[str], thresholds=None, top_k: int = 1
+    ) -> dict[str, float]:
+        """Held-out metrics without the tables (cross-validation folds, model comparisons)."""
+        from tasks.evaluate import evaluate_predictions
+
+        return evaluate_predictions(probs, targets, labels, [""] * len(targets), top_k).metrics
+
+    def judged_by(self, test: pd.DataFrame, classes: list[str]) -> np.ndarray:
+        """The test images a model with `classes` can be judged on: those of a class it knows."""
+        return test["label"].isin(classes).to_numpy()
+
+    def with_labels(self, frame: pd.DataFrame, labels: set[str]) -> np.ndarray:
+        """The images that have one of `labels`."""
+        return frame["label"].isin(labels).to_numpy()
+
+    def shared_labels(self, ours: list[str], theirs: list[str]) -> list[str] | None:
+        """The labels two models are compared on (None: each on all of its classes)."""
+        return None
+
+    def label_issues(self, pool, oof: np.ndarray, labels: list[str], limit: int) -> pd.DataFrame:
+        """Training images whose out-of-fold predictions doubt their label (cleanlab)."""
+        from tasks.crossval import find_label_issues
+
+        return find_label_issues(pool, oof, labels, limit)
+
+    def issue_caption(self, row) -> str:
+        return f"{row.label} → {row.suggested}? ({row.p_suggested:.2f})"
+
     def prediction_row(
         self, probs: np.ndarray, labels: list[str], top_k: int, thresholds=None
     ) -> dict:
@@ -178,6 +208,7 @@ class MultiLabel(SingleLabel):
     confusion_title = "label co-occurrence: actual label × predicted label"
 
     noun, plural = "label", "labels"
+    summary_keys = ("map_macro", "f1_micro", "log_loss", "ece")
     PREVIEW_LABELS = 12  # the preview shows the most frequent labels only
 
     def classes(self, frame: pd.DataFrame) -> list[str]:
@@ -268,6 +299,36 @@ class MultiLabel(SingleLabel):
         from tasks.evaluate import headline_multilabel
 
         return headline_multilabel(ev.metrics, ev.per_class)
+
+    def metrics(
+        self, probs, targets, labels: list[str], thresholds=None, top_k: int = 1
+    ) -> dict[str, float]:
+        from tasks.evaluate import evaluate_multilabel
+
+        return evaluate_multilabel(probs, targets, labels, [""] * len(targets), thresholds).metrics
+
+    def judged_by(self, test: pd.DataFrame, classes: list[str]) -> np.ndarray:
+        """Every image: a model is judged on the labels it knows."""
+        return np.ones(len(test), dtype=bool)
+
+    def with_labels(self, frame: pd.DataFrame, labels: set[str]) -> np.ndarray:
+        sets = (
+            frame["labels"].astype(str).map(lambda s: bool(labels & set(multilabel.split_set(s))))
+        )
+        return sets.to_numpy(dtype=bool)
+
+    def shared_labels(self, ours: list[str], theirs: list[str]) -> list[str] | None:
+        return [c for c in ours if c in set(theirs)]
+
+    def label_issues(self, pool, oof: np.ndarray, labels: list[str], limit: int) -> pd.DataFrame:
+        from tasks.crossval import find_multilabel_issues
+
+        return find_multilabel_issues(pool, oof, labels, limit)
+
+    def issue_caption(self, row) -> str:
+        add = f" +{row.suggested_add}" if row.suggested_add else ""
+        remove = f" −{row.suggested_remove}" if row.suggested_remove else ""
+        return f"{row.labels}{add}{remove}? ({row.quality:.2f})"
 
     def prediction_row(
         self, probs: np.ndarray, labels: list[str], top_k: int, thresholds=None

@@ -21,6 +21,7 @@ import pandas as pd
 
 from params import RetrainParams
 from tasks.files import write_json
+from tasks.label_task import SingleLabel, task_named
 
 REGISTRY = "registry.json"
 
@@ -83,10 +84,15 @@ class Predictions:
 
     classes: list[str]
     probs: np.ndarray  # (images, classes); NaN rows for images this model cannot read
+    meta: dict = field(default_factory=dict)  # the model file's metadata (kind, thresholds)
 
     @property
     def readable(self) -> np.ndarray:
         return ~np.isnan(self.probs).any(axis=1)
+
+    @property
+    def task(self) -> SingleLabel:
+        return task_named(self.meta.get("task"))
 
 
 def predict_test(
@@ -101,18 +107,21 @@ def predict_test(
 
     paths = [data_dir / rel for rel in test["path"]]
     probs, _, meta = predict_files(model_path, paths, batch_size=batch_size)
-    return Predictions(list(meta["classes"]), probs)
+    return Predictions(list(meta["classes"]), probs, meta)
 
 
-def metrics_on(pred: Predictions, test: pd.DataFrame, mask: np.ndarray) -> dict[str, float]:
-    """Metrics of `pred` on the test images selected by `mask` (each of a class it knows)."""
-    from tasks.evaluate import evaluate_predictions
-
-    rows = test[mask]
-    index = {name: i for i, name in enumerate(pred.classes)}
-    targets = np.array([index[label] for label in rows["label"]], dtype=np.int64)
-    ev = evaluate_predictions(pred.probs[mask], targets, pred.classes, rows["path"].tolist(), 3)
-    return ev.metrics
+def metrics_on(
+    pred: Predictions, test: pd.DataFrame, mask: np.ndarray, labels: list[str] | None = None
+) -> dict[str, float]:
+    """Metrics of `pred` on the test images selected by `mask` (each of a class it knows);
+    multi-label models on the columns of `labels` only (default: all of theirs)."""
+    rows, task = test[mask], pred.task
+    labels = labels or pred.classes
+    columns = [pred.classes.index(c) for c in labels]
+    cut = pred.meta.get("thresholds")
+    thresholds = None if cut is None else [cut[c] for c in columns]
+    targets = np.asarray(task.targets(rows, labels))
+    return task.metrics(pred.probs[mask][:, columns], targets, labels, thresholds, top_k=3)
 
 
 @dataclass
@@ -128,6 +137,7 @@ class Comparison:
     new_class_images: int = 0
     on_new_classes: dict[str, float] | None = None  # the challenger on those images
     removed_classes: list[str] = field(default_factory=list)  # the champion's, not the data's
+    auto_metric: str = "accuracy"  # what `metric: auto` means for the kind (map_macro)
 
 
 def compare_models(
@@ -136,27 +146,35 @@ def compare_models(
     """Score both models on the same test images, each with its own preprocessing."""
     test = split[split["split"] == "test"].reset_index(drop=True)
     new = predict_test(challenger_pt, test, data_dir)
-    knows_new = test["label"].isin(new.classes).to_numpy() & new.readable
+    task = new.task
+    knows_new = task.judged_by(test, new.classes) & new.readable
     if not knows_new.any():
         raise ValueError(f"{challenger_pt} can classify none of the {len(test)} test images")
-    comparison = Comparison(challenger=metrics_on(new, test, knows_new))
+    comparison = Comparison(metrics_on(new, test, knows_new), auto_metric=task.decision_metric)
     if champion_pt is None:
         return comparison
     old = predict_test(champion_pt, test, data_dir)
-    knows_old = test["label"].isin(old.classes).to_numpy()
+    knows_old = task.judged_by(test, old.classes)
     shared = knows_new & knows_old & old.readable
-    unknown = knows_new & ~knows_old
+    unknown = task.with_labels(test, set(task.classes(test)) - set(old.classes)) & knows_new
+    both = task.shared_labels(new.classes, old.classes)
     comparison.champion_classes = list(old.classes)
     comparison.compared = int(shared.sum())
-    comparison.new_classes = sorted(set(test.loc[unknown, "label"]))
+    comparison.new_classes = sorted(set(task.classes(test[unknown])) - set(old.classes))
     comparison.new_class_images = int(unknown.sum())
     comparison.removed_classes = sorted(set(old.classes) - set(new.classes))
-    if shared.any():
-        comparison.shared_challenger = metrics_on(new, test, shared)
-        comparison.shared_champion = metrics_on(old, test, shared)
+    if shared.any() and both != []:
+        comparison.shared_challenger = metrics_on(new, test, shared, both)
+        comparison.shared_champion = metrics_on(old, test, shared, both)
     if unknown.any():
-        comparison.on_new_classes = metrics_on(new, test, unknown)
+        on_new = task.shared_labels(new.classes, comparison.new_classes)
+        comparison.on_new_classes = metrics_on(new, test, unknown, on_new)
     return comparison
+
+
+def decision_metric(comparison: Comparison, params: RetrainParams) -> str:
+    """retrain.metric, with `auto` as the kind means it (accuracy, or map_macro)."""
+    return comparison.auto_metric if params.metric == "auto" else params.metric
 
 
 def decide(comparison: Comparison, params: RetrainParams) -> tuple[bool, str]:
@@ -168,7 +186,7 @@ def decide(comparison: Comparison, params: RetrainParams) -> tuple[bool, str]:
     longer has, `params.removed_classes` decides: promote (the default: the champion would
     go on predicting them) or compare (the margin rule; predicting one counts as wrong).
     """
-    metric = params.metric
+    metric = decision_metric(comparison, params)
     if metric not in comparison.challenger:
         raise ValueError(
             f"retrain.metric {metric!r} is not in the metrics {list(comparison.challenger)}"
