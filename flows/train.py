@@ -50,6 +50,11 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
         log.warning(overridden)
     if refit:
         log.info(REFIT_NOTE)
+        if not data.task.refits:
+            log.warning(
+                "refit: on with multi-label data leaves no val images to choose each label's "
+                "threshold: every label uses 0.5 (refit: auto or off keeps them)"
+            )
     progress = ProgressArtifact("train-progress", "epochs")
     checkpoint = load_checkpoint(out / CHECKPOINT, run_fingerprint(params, data))
     resume = checkpoint is not None

@@ -53,6 +53,7 @@ class SingleLabel:
 
     noun, plural = "class", "classes"
     summary_keys = ("accuracy", "f1_macro", "log_loss", "ece")  # crossval's mean ± std
+    refits = True  # `refit: auto` after a search moves val into train
 
     def classes(self, frame: pd.DataFrame) -> list[str]:
         return sorted(frame["label"].unique())
@@ -209,6 +210,7 @@ class MultiLabel(SingleLabel):
 
     noun, plural = "label", "labels"
     summary_keys = ("map_macro", "f1_micro", "log_loss", "ece")
+    refits = False  # val picks each label's threshold: `refit: on` leaves every one at 0.5
     PREVIEW_LABELS = 12  # the preview shows the most frequent labels only
 
     def classes(self, frame: pd.DataFrame) -> list[str]:

@@ -533,7 +533,9 @@ def final_training(best_params_yaml: Path, train: TrainParams, data: TrainData) 
     record = yaml.safe_load(best_params_yaml.read_text()) or {}
     tuned = overlaid(record, train)
     overridden = searched_overrides(train, tuned)
-    refit = tuned.refit == "on" or (tuned.refit == "auto" and record.get("source") == SEARCHED)
+    searched = record.get("source") == SEARCHED
+    # multi-label models choose their thresholds on val: `auto` keeps it for that
+    refit = tuned.refit == "on" or (tuned.refit == "auto" and searched and data.task.refits)
     if not refit:
         return FinalTraining(tuned, data, False, overridden)
     every_epoch = tuned.model_copy(update={"patience": tuned.epochs})
