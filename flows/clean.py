@@ -49,7 +49,8 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
         .rename("files")
         .reset_index()
     )
-    total = sum(result.raw_counts.values())
+    total = result.raw_files
+    kind = result.kind  # single- or multi-label: the words of the summary, its warnings
     warnings = []
     if result.rebuilt_shards:
         warnings.append(
@@ -59,33 +60,35 @@ def clean_flow(params: CleanParams, root: str = ".") -> dict:
         )
     empty = classes.loc[classes["kept"] == 0, "label"].tolist()
     if empty:
-        warnings.append(f"class(es) {empty} have no usable image left after cleaning")
-    imbalance = imbalance_warning(classes, params.imbalance_ratio)
+        warnings.append(f"{kind.some} {empty} have no usable image left after cleaning")
+    imbalance = imbalance_warning(classes, params.imbalance_ratio, kind.noun)
     if imbalance:
         warnings.append(imbalance)
+    warnings += kind.warnings(classes)
     for message in warnings:
         log.warning(message)
     publish_markdown(
         "clean-summary",
         f"# clean\n\nkept **{len(manifest)}** images in **{(classes['kept'] > 0).sum()}** "
-        f"classes, rejected **{len(result.rejected)}**; decoded **{len(result.processed)}** "
+        f"{kind.nouns}, rejected **{len(result.rejected)}**; decoded **{len(result.processed)}** "
         f"file(s), the other {total - len(result.processed)} came from the cache.\n\n"
         + "".join(f"> **warning:** {m}\n\n" for m in warnings)
         + "## rejections per reason\n\n"
         + (reasons.to_markdown(index=False) if len(reasons) else "none")
-        + "\n\n## per class, before and after\n\n"
+        + f"\n\n## per {kind.noun}, before and after\n\n"
         + classes.to_markdown(index=False),
     )
     if result.rejected:
         publish_table("clean-rejected", pd.read_csv(out / "rejected.csv"), "rejected files")
         log.warning("%d file(s) rejected: see %s", len(result.rejected), out / "rejected.csv")
     log.info(  # the run's last line: what a person watching the UI wants to know
-        "clean: decoded %d of %d file(s) (%d from the cache); kept %d in %d classes, rejected %d",
+        "clean: decoded %d of %d file(s) (%d from the cache); kept %d in %d %s, rejected %d",
         len(result.processed),
         total,
         total - len(result.processed),
         len(manifest),
         (classes["kept"] > 0).sum(),
+        kind.nouns,
         len(result.rejected),
     )
     return {

@@ -45,17 +45,21 @@ def print_collect(result: dict) -> None:
     changes = result["since_last"]
     if changes is not None:
         images = {kind: [p for p in paths if "/" in p] for kind, paths in changes.items()}
+        relabelled = result.get("relabelled")  # multi-label data only
         console.print(
             f"since the last version ({result['previous_version'] or 'none'}): "
             f"{len(images['added'])} added, {len(images['modified'])} modified, "
             f"{len(images['deleted'])} deleted image(s)"
+            + (f", {relabelled} relabelled" if relabelled is not None else "")
         )
         if result["by_class"]:
-            table = Table(title="changes per class")
-            for column in ("class", "added", "modified", "deleted"):
-                table.add_column(column, justify="left" if column == "class" else "right")
+            # single-label: files per class folder; multi-label: images gained/lost per label
+            columns = list(result["by_class"][0])
+            table = Table(title=f"changes per {columns[0]}")
+            for column in columns:
+                table.add_column(column, justify="left" if column == columns[0] else "right")
             for row in result["by_class"]:
-                table.add_row(*(str(row[c]) for c in ("class", "added", "modified", "deleted")))
+                table.add_row(*(str(row[c]) for c in columns))
             console.print(table)
     elif result["data_version"]:
         console.print("the previous version is not in the local DVC cache: no file-level diff")
@@ -77,7 +81,9 @@ MIRROR = typer.Option(
     False,
     "--mirror",
     help="make data/ hold exactly this source: remove images in data/ that it no longer has "
-    "(deleted, or moved to another label); an entry refused this time keeps its old copy",
+    "(deleted, or moved to another label); an entry refused this time keeps its old copy. "
+    "Also the only way to collect multi-label images into single-label data/ (or back): "
+    "data/ is then replaced",
 )
 
 # --timeout … --workers: the options of every command that downloads, as one DownloadLimits
@@ -179,11 +185,47 @@ def collect_folder(
     _collect("folder", str(path.resolve()), limits=limits, mirror=mirror)
 
 
+def _label_sep(value: str) -> str:
+    from tasks.sources import LABEL_SEPARATORS
+
+    if value not in LABEL_SEPARATORS:
+        raise typer.BadParameter(
+            f"{value!r}: use one of {', '.join(map(repr, LABEL_SEPARATORS))} (quote it: "
+            "--label-sep '|')"
+        )
+    return value
+
+
 @collect_app.command("manifest")
 @writes_project
 @download_options
 def collect_manifest(
-    file: Path = typer.Argument(..., help="CSV or parquet: label + path and/or url (+ extras)"),
+    file: Path = typer.Argument(
+        ..., help="CSV or parquet: label (or labels) + path and/or url (+ extras)"
+    ),
+    label_sep: str = typer.Option(
+        " ",
+        "--label-sep",
+        callback=_label_sep,
+        show_default=False,
+        help="multi-label: what separates the labels in a `labels` cell: ' ' (any whitespace, "
+        "the default), '|', ';' or ',' (quote it: --label-sep '|'); use '|', ';' or ',' when "
+        "label names hold spaces",
+    ),
+    label_columns: str = typer.Option(
+        "",
+        "--label-columns",
+        metavar="A,B,C",
+        help="multi-label from one-hot columns: the comma-separated names of the manifest's "
+        "columns that are one label each (cells 0/1, true/false, yes/no, any case; another "
+        "value refuses the row as bad_label_value); the column name is the label",
+    ),
+    allow_empty: bool = typer.Option(
+        False,
+        "--allow-empty",
+        help="multi-label: keep images whose label set is empty (no label applies) instead of "
+        "refusing them as no_label; clean keeps them too",
+    ),
     mirror: bool = MIRROR,
     limits: Any = None,
 ) -> None:
@@ -191,8 +233,23 @@ def collect_manifest(
 
     Paths that leave that folder (../, absolute, symlinks) are refused; URLs are
     downloaded safely. Other columns (e.g. `group`) are kept in data/sources.csv.
+
+    Multi-label: a `labels` column instead of `label` gives each image a set of labels
+    ("beach dog sunset"; --label-sep for '|', ';' or ','), or --label-columns names
+    0/1 columns. Images go to data/_images/, their sets to data/sources.csv, and
+    data/task.json marks data/ as multi-label. One data/ holds one kind: collecting
+    the other kind into it is refused unless --mirror replaces data/.
     """
-    _collect("manifest", str(file.resolve()), limits=limits, mirror=mirror)
+    columns = [c.strip() for c in label_columns.split(",") if c.strip()] or None
+    _collect(
+        "manifest",
+        str(file.resolve()),
+        limits=limits,
+        mirror=mirror,
+        label_sep=label_sep,
+        label_columns=columns,
+        allow_empty=allow_empty,
+    )
 
 
 @collect_app.command("urls")

@@ -55,8 +55,8 @@ def retrain_flow(params: RetrainParams | None = None, root: str = ".") -> dict:
         return _retrain(project, params or project.params("retrain"), log)  # type: ignore[arg-type]
 
 
-def _retrain(project: Project, params: RetrainParams, log) -> dict:
-    before = data_version(project.root)
+def collect_source(project: Project, params: RetrainParams) -> dict:
+    """The collect step: retrain.yaml's source, with its collect options, into data/."""
     location = str(project.root / params.path) if params.path else ""  # absolute stays absolute
     limits = DownloadLimits(
         timeout=params.timeout,
@@ -66,7 +66,7 @@ def _retrain(project: Project, params: RetrainParams, log) -> dict:
         workers=params.workers,
         allow_private=params.allow_private,
     )
-    collected = run_collect(
+    return run_collect(
         params.source,
         location,
         str(project.root),
@@ -74,7 +74,15 @@ def _retrain(project: Project, params: RetrainParams, log) -> dict:
         params.per_class,
         limits,
         mirror=params.mirror,
+        label_sep=params.label_sep,
+        label_columns=params.label_columns,
+        allow_empty=params.allow_empty,
     )
+
+
+def _retrain(project: Project, params: RetrainParams, log) -> dict:
+    before = data_version(project.root)
+    collected = collect_source(project, params)
     after = data_version(project.root)
     registry = read_registry(project.models)
     if after == before and registry.champion is not None:

@@ -548,6 +548,22 @@ class RetrainParams(_Params):
         description="data/ holds exactly the source: images it no longer has (deleted, or "
         "moved to another label) are removed, as `visiontune collect --mirror`",
     )
+    label_sep: Literal[" ", "|", ";", ","] = Field(
+        " ",
+        description="manifest, multi-label: what separates the labels in a `labels` cell "
+        "(' ' any whitespace, '|', ';' or ','), as `collect manifest --label-sep`",
+    )
+    label_columns: list[str] | None = Field(
+        None,
+        description="manifest, multi-label: one-hot columns, one label each (0/1, "
+        "true/false, yes/no), as `collect manifest --label-columns`; null: a `label` or "
+        "`labels` column",
+    )
+    allow_empty: bool = Field(
+        False,
+        description="manifest, multi-label: keep images with an empty label set instead of "
+        "refusing them (no_label), as `collect manifest --allow-empty`",
+    )
     # how to decide
     metric: str = Field(
         "auto",

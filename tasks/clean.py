@@ -41,6 +41,7 @@ from tasks.clean_cache import (
     save_index,
     store_pixels,
 )
+from tasks.clean_labels import LabelKind, SingleLabel, label_kind
 from tasks.clean_manifest import build_manifest  # noqa: F401  (benchmarks import it from here)
 from tasks.clean_rules import UNDECODABLE, CleanRecord, Rejection, apply_rules, fits, size_problem
 from tasks.decode import RejectedImage
@@ -65,10 +66,13 @@ class CleanResult:
     processed: list[str]  # paths decoded by this run (the rest came from the cache)
     raw_counts: dict[str, int]  # files per label before cleaning
     rebuilt_shards: list[str] = field(default_factory=list)  # failed their checksum: rebuilt
+    kind: LabelKind = field(default_factory=SingleLabel)  # single- or multi-label data
+    raw_files: int = 0  # files listed (with a label)
 
 
 def list_raw_images(data_dir: Path) -> list[tuple[str, str]]:
-    """(relative path, label) for every file under data/<label>/, sorted for determinism.
+    """(relative path, label) for every file under data/<label>/, sorted for determinism
+    (multi-label data: the label is the folder, _images; tasks/clean_labels.py gives the set).
 
     Hidden files and folders are skipped. os.walk, not Path.rglob: 4× faster on 10k files.
     """
@@ -170,8 +174,10 @@ def clean_dataset(
     same for the shards' checksums. A shard that fails its checksum is dropped and
     its images decoded again from data/.
     """
-    listed = list_raw_images(data_dir)
+    kind = label_kind(data_dir)
+    listed, unlabelled = kind.labelled(data_dir, list_raw_images(data_dir))
     digests, unreadable = hash_files(data_dir, [rel for rel, _ in listed], hashes_file)
+    unreadable += [Rejection(*problem) for problem in unlabelled]  # never read: no label
     files = [(rel, label) for rel, label in listed if rel in digests]
     first_with: dict[str, str] = {}
     for rel, _ in files:
@@ -199,7 +205,7 @@ def clean_dataset(
         if on_progress:
             on_progress(n + 1, len(todo))
 
-    records, rejected = apply_rules(files, digests, index, params)
+    records, rejected = apply_rules(files, digests, index, params, kind)
     rejected = sorted(rejected + unreadable, key=lambda r: r.path)
     live = [rec.sha256 for rec in records]
     for sha in live:  # pixels not stored: pruned earlier (e.g. too small then) or a bad shard
@@ -208,7 +214,5 @@ def clean_dataset(
     locations = store_pixels(out_dir, key, live, stored, writer, shard_bytes)
     save_checks(checks_file, out_dir, locations.values())
     save_index(index, out_dir)
-    raw_counts: dict[str, int] = {}
-    for _, label in listed:
-        raw_counts[printable(label)] = raw_counts.get(printable(label), 0) + 1
-    return CleanResult(records, rejected, processed, raw_counts, bad_shards)
+    raw_counts = kind.counts(label for _, label in listed)
+    return CleanResult(records, rejected, processed, raw_counts, bad_shards, kind, len(listed))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from tasks.clean_labels import LabelKind, label_kind
 from tasks.clean_rules import CleanRecord, Rejection
 from tasks.files import write_csv, write_parquet
 from tasks.sources import SOURCES_FILE
@@ -29,11 +30,16 @@ def source_columns(data_dir: Path) -> pd.DataFrame | None:
     return frame.rename(columns={"label": "original_label"}).drop_duplicates("path")
 
 
-def build_manifest(records: list[CleanRecord], data_dir: Path | None = None) -> pd.DataFrame:
+def build_manifest(
+    records: list[CleanRecord], data_dir: Path | None = None, kind: LabelKind | None = None
+) -> pd.DataFrame:
+    """The kept images with sources.csv's columns; multi-label data (data/task.json, or
+    `kind`) gets `labels`/`original_labels` instead of `label`/`original_label`."""
     manifest = pd.DataFrame(
         [vars(r) for r in records], columns=[f.name for f in fields(CleanRecord)]
     )
     sources = source_columns(data_dir) if data_dir is not None else None
+    manifest, sources = (kind or label_kind(data_dir)).manifest(manifest, sources)
     if sources is not None:
         extra = [c for c in sources.columns if c == "path" or c not in manifest.columns]
         manifest = manifest.merge(sources[extra], on="path", how="left")
@@ -56,9 +62,10 @@ def write_manifest(
 
 
 def class_table(result: CleanResult) -> pd.DataFrame:
-    """Per class: raw files before cleaning, images kept, files rejected."""
-    kept = pd.Series([r.label for r in result.records], dtype=str).value_counts()
-    labels = sorted(set(result.raw_counts) | set(kept.index))
+    """Per class (multi-label: per label): raw files before cleaning, images kept, files
+    rejected (multi-label: images that had the label and are not kept with it)."""
+    kept = result.kind.counts(r.label for r in result.records)
+    labels = sorted(set(result.raw_counts) | set(kept))
     table = pd.DataFrame(
         {
             "label": labels,
@@ -70,12 +77,12 @@ def class_table(result: CleanResult) -> pd.DataFrame:
     return table
 
 
-def imbalance_warning(table: pd.DataFrame, ratio: float) -> str | None:
+def imbalance_warning(table: pd.DataFrame, ratio: float, noun: str = "class") -> str | None:
     kept = table[table["kept"] > 0].set_index("label")["kept"]
     if len(kept) < 2 or kept.max() <= ratio * kept.min():
         return None
     return (
-        f"class imbalance: {kept.idxmax()} has {kept.max()} images, {kept.idxmin()} has "
+        f"{noun} imbalance: {kept.idxmax()} has {kept.max()} images, {kept.idxmin()} has "
         f"{kept.min()} ({kept.max() / kept.min():.1f}x > imbalance_ratio {ratio:g}); "
         "consider augment.yaml `balance:`"
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from params import CleanParams
 from tasks.clean_cache import CacheEntry
+from tasks.clean_labels import LabelKind, SingleLabel
 from tasks.duplicates import near_duplicate_components
 from tasks.sources import safe_label
 
@@ -84,15 +85,19 @@ def apply_rules(
     digests: dict[str, tuple[str, int]],
     index: dict[str, CacheEntry],
     params: CleanParams,
+    kind: LabelKind = SingleLabel(),
 ) -> tuple[list[CleanRecord], list[Rejection]]:
-    """The per-file and across-file rules, on decoded results: same input, same output."""
+    """The per-file and across-file rules, on decoded results: same input, same output.
+
+    A label is one string per file: multi-label data's is its canonical set (`kind`)."""
     rejected: list[Rejection] = []
     allowed = allowed_labels(params)
     candidates: list[tuple[str, str, CacheEntry]] = []
-    for rel, label in files:
+    for rel, raw_label in files:
         entry = index[digests[rel][0]]
-        if allowed is not None and label not in allowed:
-            rejected.append(Rejection(rel, "label_not_allowed", f"{label!r} is not in `classes`"))
+        label, not_allowed = kind.screen(raw_label, allowed)
+        if not_allowed:
+            rejected.append(Rejection(rel, "label_not_allowed", not_allowed))
         elif entry.reason:
             rejected.append(Rejection(rel, entry.reason, entry.detail))
         elif problem := size_problem(entry.width, entry.height, params):

@@ -5,12 +5,20 @@ Besides the images, data/ holds two small tables that DVC versions with them:
 - sources.csv (path, label, source, sha256, + any extra manifest columns such as
   `group`): where each file came from. Clean carries its columns into the manifest.
 Clean reads images only from data/<label>/…, so these two files are never images.
+
+Multi-label data (a manifest with a `labels` column or --label-columns) keeps every image in
+data/_images/ and its set in sources.csv: `labels` (safe names, sorted, space-joined, "" the
+empty set) and `original_labels` (a JSON list of the user's names, in the same order) instead
+of `label`; labels.csv has one row per label, and data/task.json marks the kind. A relabel
+changes sources.csv, so it is a new version of data/ (data.dvc) like any other change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +34,15 @@ from tasks.files import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from tasks.multilabel import join_set, split_set
 from tasks.npm import cache_dir, npm_pack
 from tasks.sources import (
     DEMO_PACKAGE,
     DEMO_VERSION,
     LABELS_FILE,
+    MULTI_LABEL,
     SOURCES_FILE,
+    TASK_FILE,
     Refusal,
     SourceItem,
     safe_label,
@@ -39,6 +50,7 @@ from tasks.sources import (
 from tasks.versioning import data_version
 
 SOURCE_COLUMNS = ["path", "label", "source", "sha256"]
+MULTI_LABEL_COLUMNS = ["path", "labels", "original_labels", "source", "sha256"]
 log = logging.getLogger(__name__)
 
 
@@ -73,9 +85,14 @@ def file_sha256(path: Path) -> str:
 
 
 def record(item: SourceItem, rel: str, sha256: str) -> dict[str, str]:
-    return {"path": rel, "label": item.label, "source": item.origin, "sha256": sha256} | dict(
-        item.extra
-    )
+    if item.labels is None:
+        labels = {"label": item.label}
+    else:  # label_set gave one original per safe name, in the order of the safe names
+        labels = {
+            "labels": join_set(safe_label(lb) for lb in item.labels),
+            "original_labels": json.dumps(list(item.labels), ensure_ascii=False),
+        }
+    return {"path": rel, **labels, "source": item.origin, "sha256": sha256} | dict(item.extra)
 
 
 def unique_destinations(items: list[SourceItem]) -> tuple[list[SourceItem], list[Refusal]]:
@@ -98,6 +115,15 @@ def unique_destinations(items: list[SourceItem]) -> tuple[list[SourceItem], list
                     f"{first[key].origin} is already collected as data/{key[0]}/{key[1]}",
                 )
             )
+        elif first[key].labels != item.labels:  # multi-label: one image, two rows, two sets
+            refused.append(
+                Refusal(
+                    item.origin,
+                    "label_conflict",
+                    f"listed again with other labels ({list(item.labels or ())} after "
+                    f"{list(first[key].labels or ())}): give each image one row with its set",
+                )
+            )
     return kept, refused
 
 
@@ -117,7 +143,7 @@ def remove_empty_folders(data_dir: Path) -> None:
             folder.rmdir()
 
 
-def remove_absent(data_dir: Path, report: CollectReport) -> list[str]:
+def remove_absent(data_dir: Path, report: CollectReport, keep_refused: bool = True) -> list[str]:
     """Delete the images in data/ that this collect neither wrote nor refused (`--mirror`).
 
     A source is the whole dataset for a user who deletes bad images or moves a mislabelled
@@ -125,9 +151,11 @@ def remove_absent(data_dir: Path, report: CollectReport) -> list[str]:
     one lands in both classes. An entry refused this time (a timeout, a file being
     replaced) keeps its old copy: a flaky read must not delete data. DVC keeps the previous
     version, so `git checkout data.dvc && dvc checkout data` brings removed images back.
+    `keep_refused=False` (data/ changes kind: single- to multi-label or back) removes those
+    too, since an image of the other kind cannot stay.
     """
     kept = {r["path"] for r in report.records}
-    refused = {r.source for r in report.refused}
+    refused = {r.source for r in report.refused} if keep_refused else set()
     old = _read_csv(data_dir / SOURCES_FILE)
     origin = dict(zip(old["path"], old["source"], strict=True)) if not old.empty else {}
     removed = []
@@ -212,7 +240,7 @@ def update_records(data_dir: Path, records: list[dict[str, str]]) -> bool:
     """Merge this collect's rows into data/sources.csv and data/labels.csv; True if they changed.
 
     Rows of files that are no longer in data/ are dropped; a later collect of the
-    same file replaces its row.
+    same file replaces its row (a relabel of a multi-label image, too).
     """
     old = _read_csv(data_dir / SOURCES_FILE)
     rows = {r["path"]: r for r in old.to_dict(orient="records")}
@@ -221,19 +249,14 @@ def update_records(data_dir: Path, records: list[dict[str, str]]) -> bool:
     sources = pd.DataFrame(list(rows.values()))
     if sources.empty:
         sources = pd.DataFrame(columns=SOURCE_COLUMNS)
-    extra = sorted(c for c in sources.columns if c not in SOURCE_COLUMNS)
-    sources = sources.reindex(columns=SOURCE_COLUMNS + extra).fillna("").sort_values("path")
+    own = MULTI_LABEL_COLUMNS if "labels" in sources.columns else SOURCE_COLUMNS
+    extra = sorted(c for c in sources.columns if c not in own)
+    sources = sources.reindex(columns=own + extra).fillna("").sort_values("path")
     changed = _write_if_changed(sources, data_dir / SOURCES_FILE)
 
-    labels = pd.concat(
-        [
-            _read_csv(data_dir / LABELS_FILE),
-            pd.DataFrame(
-                {"folder": [safe_label(lb) for lb in sources["label"]], "label": sources["label"]}
-            ),
-        ]
-    ).drop_duplicates()
-    labels = labels[labels["folder"].map(lambda f: (data_dir / f).is_dir())]
+    names, in_use = label_names(sources, data_dir)
+    labels = pd.concat([_read_csv(data_dir / LABELS_FILE), names]).drop_duplicates()
+    labels = labels[labels["folder"].map(in_use)]
     labels = labels.sort_values(["folder", "label"]).reset_index(drop=True)
     for folder, group in labels.groupby("folder"):
         if len(group) > 1:
@@ -243,6 +266,41 @@ def update_records(data_dir: Path, records: list[dict[str, str]]) -> bool:
                 folder,
             )
     return _write_if_changed(labels[["folder", "label"]], data_dir / LABELS_FILE) or changed
+
+
+def label_names(
+    sources: pd.DataFrame, data_dir: Path
+) -> tuple[pd.DataFrame, Callable[[str], bool]]:
+    """The (folder, label) rows of data/sources.csv for labels.csv, and which folders (safe
+    names) labels.csv keeps: single-label, those still in data/; multi-label, the labels some
+    image still has."""
+    if "labels" not in sources.columns:
+        folders = [safe_label(lb) for lb in sources["label"]]
+        names = pd.DataFrame({"folder": folders, "label": sources["label"]})
+        return names, lambda folder: (data_dir / folder).is_dir()
+    pairs = [
+        pair
+        for cell, originals in zip(sources["labels"], sources["original_labels"], strict=True)
+        for pair in zip(split_set(cell), json.loads(originals or "[]"), strict=True)
+    ]
+    names = pd.DataFrame(pairs, columns=["folder", "label"])
+    used = set(names["folder"])
+    return names, lambda folder: folder in used
+
+
+def write_task(data_dir: Path, kind: str, allow_empty: bool) -> bool:
+    """data/task.json for multi-label data, none for single-label; True if that changed it."""
+    path = data_dir / TASK_FILE
+    if kind != MULTI_LABEL:
+        if not path.exists():
+            return False
+        path.unlink()
+        return True
+    text = json.dumps({"task": MULTI_LABEL, "allow_empty": allow_empty}) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text_atomic(path, text)
+    return True
 
 
 @task(name="dvc-add-data", cache_policy=NO_CACHE)
@@ -297,3 +355,58 @@ def changes_by_class(changes: dict[str, list[str]]) -> pd.DataFrame:
         return pd.DataFrame(columns=["class", "added", "modified", "deleted"])
     table = pd.crosstab(pd.DataFrame(rows)["class"], pd.DataFrame(rows)["change"])
     return table.reindex(columns=list(changes), fill_value=0).reset_index()
+
+
+def _label_sets(odb, version: str) -> dict[str, set[str]]:
+    """{path: its labels} from data/sources.csv of one version of data/ in the DVC cache (a
+    single-label row's label is its folder)."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    _, found = Tree.load(odb, HashInfo("md5", version)).get((SOURCES_FILE,)) or (None, None)
+    if found is None:
+        return {}
+    frame = pd.read_csv(odb.oid_to_path(found.value), dtype=str, keep_default_na=False)
+    if "labels" in frame.columns:
+        cells = [set(split_set(c)) for c in frame["labels"]]
+    elif "label" in frame.columns:
+        cells = [{safe_label(lb)} if lb.strip() else set() for lb in frame["label"]]
+    else:
+        cells = [set() for _ in frame["path"]]
+    return dict(zip(frame["path"], cells, strict=True))
+
+
+def label_changes(root: Path, old: str | None, new: str) -> tuple[pd.DataFrame, int] | None:
+    """Per label, the images that gained it and those that lost it between two versions of
+    multi-label data/ (an added image gains its labels, a deleted one loses them, a relabel
+    does both), and how many images kept their file but changed their set.
+
+    None when a version's listing is not in the local DVC cache.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        odb = repo.cache.local
+        try:
+            before = _label_sets(odb, old) if old else {}
+            after = _label_sets(odb, new)
+        except (FileNotFoundError, ValueError):
+            return None
+    gained: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    for path in before.keys() | after.keys():
+        was, now = before.get(path, set()), after.get(path, set())
+        for label in now - was:
+            gained[label] = gained.get(label, 0) + 1
+        for label in was - now:
+            lost[label] = lost.get(label, 0) + 1
+    labels = sorted(gained.keys() | lost.keys())
+    table = pd.DataFrame(
+        {
+            "label": labels,
+            "gained": [gained.get(lb, 0) for lb in labels],
+            "lost": [lost.get(lb, 0) for lb in labels],
+        }
+    )
+    relabelled = sum(1 for p in before.keys() & after.keys() if before[p] != after[p])
+    return table, relabelled

@@ -4,6 +4,10 @@ Each reader returns the items to write into data/<folder>/<name> and the
 entries it refused. An entry is refused with a reason, never followed, when it
 is unsafe (a path escaping its root, a symlink pointing outside it, a URL that
 is not http/https) or unusable (missing file, no label).
+
+A manifest may be multi-label (a `labels` column, or one-hot columns): its
+images go to data/_images/<name>, their label sets into data/sources.csv, and
+data/task.json says so.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import os
 import re
 import tarfile
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import pandas as pd
@@ -40,6 +46,7 @@ DEMO_PER_CLASS = 120
 # collect manifest may carry other columns (e.g. `group`), but not these.
 RESERVED_COLUMNS = frozenset(
     {"path", "url", "label", "source", "sha256", "original_label", "folder"}
+    | {"labels", "original_labels"}
     | {"bytes", "width", "height", "cache", "phash", "mode", "dup_group", "split", "fold"}
 )
 MAX_NAME = 120
@@ -47,6 +54,17 @@ MAX_NAME_BYTES = 200
 # The two tables collect keeps in data/ beside the images (see tasks/collect.py).
 LABELS_FILE = "labels.csv"
 SOURCES_FILE = "sources.csv"
+# Multi-label data: data/task.json = {"task": "multi_label", "allow_empty": <bool>} (its absence
+# means single-label), and every image in data/_images/ (safe_label strips a leading '_', so no
+# single-label class folder has that name), its label set in data/sources.csv.
+TASK_FILE = "task.json"
+IMAGES_FOLDER = "_images"
+SINGLE_LABEL = "single_label"
+MULTI_LABEL = "multi_label"
+# how the labels of a manifest's `labels` cell are separated (--label-sep)
+LABEL_SEPARATORS = (" ", "|", ";", ",")
+# the cells a one-hot label column (--label-columns) may hold, case-insensitive
+ONE_HOT = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 # Top-level folder names of a tree shipped already split (root/train/<label>/…), and the
 # split each names; collect records it in the `folder_split` column.
 SPLIT_FOLDERS = {
@@ -66,17 +84,23 @@ FOLDER_SPLIT = "folder_split"
 class SourceItem:
     """One image to bring into data/: from a local file, a URL, or bytes in memory."""
 
-    label: str  # the original label; the folder is safe_label(label)
+    label: str  # the original label; the folder is safe_label(label) ("" when multi-label)
     name: str  # file name under data/<folder>/
     origin: str  # where it came from, recorded in data/sources.csv
     path: Path | None = None
     url: str | None = None
     data: bytes | None = None
     extra: tuple[tuple[str, str], ...] = ()  # other manifest columns, e.g. (("group", "s7"),)
+    # multi-label: the original labels (label_set: one per safe name); the folder is _images
+    labels: tuple[str, ...] | None = None
 
     @property
     def folder(self) -> str:
-        return safe_label(self.label)
+        return IMAGES_FOLDER if self.labels is not None else safe_label(self.label)
+
+    @property
+    def kind(self) -> str:
+        return MULTI_LABEL if self.labels is not None else SINGLE_LABEL
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,45 @@ def safe_label(label: str) -> str:
     if not name:
         name = "label_" + hashlib.sha256(text.encode()).hexdigest()[:10]
     return name
+
+
+def label_set(names: list[str]) -> tuple[str, ...]:
+    """An image's original labels, one per safe name (the first of names that share one), in
+    the order of their safe names: data/sources.csv records them as `original_labels` beside
+    `labels`, the join_set of those safe names."""
+    first: dict[str, str] = {}
+    for name in names:
+        first.setdefault(safe_label(name), name)
+    return tuple(first[safe] for safe in sorted(first))
+
+
+def data_task(data_dir: Path) -> dict | None:
+    """data/task.json ({"task": "multi_label", "allow_empty": bool}); None: single-label data."""
+    path = data_dir / TASK_FILE
+    if not path.is_file():
+        return None
+    try:
+        task = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{printable(str(path))}: not readable JSON ({exc})") from exc
+    if not isinstance(task, dict) or task.get("task") != MULTI_LABEL:
+        raise ValueError(
+            f'{printable(str(path))}: expected {{"task": "{MULTI_LABEL}", "allow_empty": '
+            "false}: collect the data again (with --mirror) to rewrite it"
+        )
+    return {"task": MULTI_LABEL, "allow_empty": bool(task.get("allow_empty", False))}
+
+
+def data_kind(data_dir: Path) -> str | None:
+    """What data/ holds now: multi_label (task.json), single_label (class folders), or None
+    (nothing yet)."""
+    if data_task(data_dir) is not None:
+        return MULTI_LABEL
+    try:
+        folders = any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(data_dir))
+    except OSError:
+        return None
+    return SINGLE_LABEL if folders else None
 
 
 def safe_name(name: str) -> str:
@@ -382,9 +445,17 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def manifest_items(
-    path: Path, max_bytes: int | None = None
+    path: Path,
+    max_bytes: int | None = None,
+    label_sep: str = " ",
+    label_columns: list[str] | None = None,
+    allow_empty: bool = False,
 ) -> tuple[list[SourceItem], list[Refusal]]:
     """Rows of a manifest with `label` and `path` and/or `url`; other columns ride along.
+
+    Multi-label: a `labels` column holds each image's set, separated by `label_sep`
+    (" " "|" ";" ","), or `label_columns` name one-hot columns, one per label (0/1,
+    true/false, yes/no); a row with no label is refused (no_label) unless `allow_empty`.
 
     A `split` column (train/val/test, or the names split_layout knows) is the dataset's own
     split: it is recorded as `folder_split`, as for a tree shipped split.
@@ -392,6 +463,10 @@ def manifest_items(
     Relative paths resolve against the manifest's folder, which is also the root
     that no path may leave.
     """
+    if label_sep not in LABEL_SEPARATORS:
+        raise SourceError(
+            f"label separator {label_sep!r}: use one of {', '.join(map(repr, LABEL_SEPARATORS))}"
+        )
     names, rows = read_table(path)
     shown = printable(str(path))
     if "split" in names and FOLDER_SPLIT not in names:  # the dataset's own split, as a tree's
@@ -399,12 +474,14 @@ def manifest_items(
         for row in rows:
             row[FOLDER_SPLIT] = SPLIT_FOLDERS.get(row.pop("split").strip().lower(), "")
     columns = set(names)
-    if "label" not in columns or not columns & {"path", "url"}:
+    read_labels, label_cols = _label_reader(shown, columns, label_sep, label_columns or [])
+    if not label_cols or not columns & {"path", "url"}:
         raise SourceError(
             f"{shown}: needs a 'label' column and a 'path' or 'url' column "
-            f"(found: {', '.join(names) or 'none'})"
+            f"(found: {', '.join(names) or 'none'}); a multi-label manifest has a 'labels' "
+            "column instead, or names its 0/1 columns with --label-columns"
         )
-    extra_cols = [c for c in names if c not in ("path", "url", "label")]
+    extra_cols = [c for c in names if c not in ("path", "url", "label") and c not in label_cols]
     clashing = [c for c in extra_cols if c in RESERVED_COLUMNS or not c]
     if clashing:
         raise SourceError(f"{shown}: column name(s) {clashing} are reserved by visiontune: rename")
@@ -414,14 +491,14 @@ def manifest_items(
     for row in rows:
         where = (row.get("path") or "").strip()
         url = encoded_url((row.get("url") or "").strip())
-        label = printable(row["label"]).strip()
         extra = tuple((c, printable(row[c])) for c in extra_cols)
         if not where and not url:
             refused.append(Refusal(f"{shown} row", "missing", "neither path nor url is set"))
             continue
         source = printable(where) or mask_url(url)  # shown and recorded: no password
-        if not label:
-            refused.append(Refusal(source, "no_label", "the label cell is empty"))
+        labelled, refusal = read_labels(row, source, allow_empty)
+        if refusal:
+            refused.append(refusal)
             continue
         if where:
             found, refusal = resolve_within(where, root, max_bytes)
@@ -430,14 +507,95 @@ def manifest_items(
                 continue
             lexical, real = found  # type: ignore[misc]
             rel = lexical.relative_to(root).as_posix().replace("/", "__")
-            items.append(SourceItem(label, safe_name(rel), source, path=real, extra=extra))
+            items.append(
+                SourceItem(name=safe_name(rel), origin=source, path=real, extra=extra, **labelled)
+            )
         else:
             refusal = check_url(url)
             if refusal:
                 refused.append(refusal)
                 continue
-            items.append(SourceItem(label, url_name(url), source, url=url, extra=extra))
+            items.append(
+                SourceItem(name=url_name(url), origin=source, url=url, extra=extra, **labelled)
+            )
     return items, refused
+
+
+def split_labels(cell: str, sep: str) -> list[str]:
+    """The labels of a manifest's `labels` cell: split on `sep` (" ": any whitespace), each
+    stripped, empty ones dropped ('a||b' is a and b)."""
+    text = printable(cell)
+    parts = text.split() if sep == " " else text.split(sep)
+    return [p.strip() for p in parts if p.strip()]
+
+
+LabelReader = Callable[[dict[str, str], str, bool], tuple[dict[str, Any], "Refusal | None"]]
+
+
+def _label_reader(
+    shown: str, columns: set[str], sep: str, one_hot: list[str]
+) -> tuple[LabelReader, set[str]]:
+    """How a manifest's rows give their labels, and the columns that hold them.
+
+    (row, source, allow_empty) → ({"label": …} or {"label": "", "labels": …} for SourceItem,
+    or a refusal). No label column at all gives an empty set of columns.
+    """
+    if "label" in columns and "labels" in columns:
+        raise SourceError(
+            f"{shown}: has both a 'label' column (one label per image) and a 'labels' column "
+            "(a set of labels per image): keep one"
+        )
+    if one_hot:
+        held = sorted(columns & {"label", "labels"})
+        missing = [c for c in one_hot if c not in columns]
+        taken = [c for c in one_hot if c in ("path", "url", FOLDER_SPLIT)]
+        if held or missing or taken:
+            why = (
+                f"it has a {held[0]!r} column: drop it or --label-columns"
+                if held
+                else f"no column(s) {missing}"
+                if missing
+                else f"{taken} are not label columns"
+            )
+            raise SourceError(f"{shown}: --label-columns {','.join(one_hot)}: {why}")
+
+        def from_columns(row: dict[str, str], source: str, allow_empty: bool):
+            chosen = []
+            for column in one_hot:
+                value = row[column].strip().lower()
+                if value not in ONE_HOT:
+                    detail = f"{printable(row[column])!r} in column {column!r} is not 0/1"
+                    detail += ", true/false or yes/no"
+                    return {}, Refusal(source, "bad_label_value", detail)
+                if ONE_HOT[value]:
+                    chosen.append(printable(column).strip())
+            return _label_set(chosen, source, allow_empty, "no label column is set")
+
+        return from_columns, set(one_hot)
+    if "labels" in columns:
+
+        def from_cell(row: dict[str, str], source: str, allow_empty: bool):
+            return _label_set(
+                split_labels(row["labels"], sep), source, allow_empty, "the labels cell is empty"
+            )
+
+        return from_cell, {"labels"}
+    if "label" in columns:
+
+        def from_label(row: dict[str, str], source: str, allow_empty: bool):
+            label = printable(row["label"]).strip()
+            if not label:
+                return {}, Refusal(source, "no_label", "the label cell is empty")
+            return {"label": label}, None
+
+        return from_label, {"label"}
+    return (lambda row, source, allow_empty: ({}, None)), set()
+
+
+def _label_set(names: list[str], source: str, allow_empty: bool, empty: str):
+    if not names and not allow_empty:
+        return {}, Refusal(source, "no_label", f"{empty} (--allow-empty keeps such images)")
+    return {"label": "", "labels": label_set(names)}, None
 
 
 def url_list_items(path: Path, default_label: str = "") -> tuple[list[SourceItem], list[Refusal]]:

@@ -1,6 +1,7 @@
 """The clean stage: every rejection reason, RGB conversion, near-duplicates, the cache."""
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -349,3 +350,110 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_like_a_full_decode():
     with pytest.raises(RejectedImage) as err:
         decode(raw[: len(raw) // 2], (255, 255, 255), params.max_pixels, params.max_side)
     assert err.value.reason == "corrupt"
+
+
+def _multi_label_data(data, sets: dict[str, str | None], same: dict[str, str] | None = None):
+    """data/_images/<name> (a distinct real image each, or the bytes of `same[name]`), their sets
+    in sources.csv (None: no row) with the user's names upper-cased, and task.json."""
+    from tasks.collect import write_task
+
+    (data / "_images").mkdir(parents=True)
+    rows = []
+    for i, (name, labels) in enumerate(sets.items()):
+        source = (same or {}).get(name)
+        if source:
+            (data / "_images" / name).write_bytes((data / "_images" / source).read_bytes())
+        else:
+            img = shape_image(CLASSES[i % 3], random.Random(40 + i))
+            (data / "_images" / name).write_bytes(image_bytes(img))
+        if labels is not None:
+            names = [lb.upper() for lb in labels.split()]
+            rows.append({"path": f"_images/{name}", "labels": labels, "source": f"/src/{name}"})
+            rows[-1]["original_labels"] = json.dumps(names)
+    pd.DataFrame(rows).to_csv(data / "sources.csv", index=False)
+    write_task(data, "multi_label", allow_empty=False)
+
+
+def test_multi_label_data_is_cleaned_into_a_labels_manifest(tmp_path):
+    from tasks.clean_labels import MultiLabel, label_kind
+
+    data = tmp_path / "data"
+    sets = {
+        "a.png": "beach dog",
+        "b.png": "beach dog",  # a's bytes, the same set: a duplicate
+        "c.png": "dog",
+        "d.png": "beach",  # c's bytes, another set: both are label conflicts
+        "e.png": None,  # no row in sources.csv
+        "f.png": "",  # the empty set, not allowed
+        "g.png": "cat",  # only a label `classes` leaves out
+        "h.png": "cat dog",  # keeps dog
+    }
+    _multi_label_data(data, sets, same={"b.png": "a.png", "d.png": "c.png"})
+    (data / "stray").mkdir()
+    (data / "stray" / "x.png").write_bytes(image_bytes(shape_image("circle", random.Random(1))))
+    assert label_kind(data) == MultiLabel(allow_empty=False)
+    out = tmp_path / "clean"
+    params = CleanParams(near_duplicates="off", classes=["Beach", "dog", "sunset"])
+    result = clean_dataset(data, out, params)
+    assert {r.path: r.reason for r in result.rejected} == {
+        "_images/b.png": "duplicate",
+        "_images/c.png": "label_conflict",
+        "_images/d.png": "label_conflict",
+        "_images/e.png": "no_label",
+        "_images/f.png": "no_label",
+        "_images/g.png": "label_not_allowed",
+        "stray/x.png": "no_label",
+    }
+    details = {r.path: r.detail for r in result.rejected}
+    assert details["_images/c.png"] == "the same image is also labelled ['beach']"
+    manifest = write_manifest(result.records, result.rejected, out, data)
+    assert list(manifest.columns) == [
+        "path",
+        "labels",
+        "sha256",
+        "bytes",
+        "width",
+        "height",
+        "phash",
+        "mode",
+        "dup_group",
+        "original_labels",
+        "source",
+    ]
+    assert dict(zip(manifest["path"], manifest["labels"], strict=True)) == {
+        "_images/a.png": "beach dog",
+        "_images/h.png": "dog",
+    }
+    originals = dict(zip(manifest["path"], manifest["original_labels"], strict=True))
+    assert json.loads(originals["_images/h.png"]) == ["DOG"]  # cat left out with its name
+    assert json.loads(originals["_images/a.png"]) == ["BEACH", "DOG"]
+    assert pd.read_parquet(out / "manifest.parquet").equals(manifest)
+
+    table = class_table(result).set_index("label")
+    assert table.loc["dog"].tolist() == [4, 2, 2]  # raw a b c h, kept a h
+    assert table.loc["beach"].tolist() == [3, 1, 2]
+    assert table.loc["cat"].tolist() == [2, 0, 2]
+    warnings = result.kind.warnings(class_table(result))
+    assert len(warnings) == 1 and "rare label(s): beach 1, dog 2" in warnings[0]
+
+
+def test_multi_label_empty_sets_kept_when_allowed_and_rare_labels_warned(tmp_path):
+    from tasks.clean_labels import RARE_LABEL
+    from tasks.collect import write_task
+
+    data = tmp_path / "data"
+    sets = {f"{i:02d}.png": "dog" for i in range(RARE_LABEL)}
+    sets |= {"beach.png": "beach dog", "none.png": "", "cat.png": "cat"}
+    _multi_label_data(data, sets)
+    write_task(data, "multi_label", allow_empty=True)
+    params = CleanParams(near_duplicates="off", classes=["dog", "beach"])
+    result = clean_dataset(data, tmp_path / "clean", params)
+    assert result.rejected == []
+    manifest = write_manifest(result.records, result.rejected, tmp_path / "clean", data)
+    labels = manifest.set_index("path")["labels"]
+    assert labels["_images/none.png"] == "" and labels["_images/cat.png"] == ""  # emptied
+    assert labels["_images/beach.png"] == "beach dog"
+    table = class_table(result).set_index("label")
+    assert table.loc["dog", "kept"] == RARE_LABEL + 1 and table.loc["beach", "kept"] == 1
+    warnings = result.kind.warnings(class_table(result))
+    assert len(warnings) == 1 and "beach 1" in warnings[0] and "dog" not in warnings[0]

@@ -2,6 +2,7 @@
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import unicodedata
@@ -596,3 +597,216 @@ def test_a_url_list_that_is_not_utf8(tmp_path):
         ("chat\\xe9", "https://a.example/caf%E9.png"),
         ("dog", "https://b.example/ok.png"),
     ]
+
+
+# --- multi-label manifests ------------------------------------------------------------------
+
+
+def _photos(root, count: int) -> list[str]:
+    """`count` distinct real PNGs under root/photos/; their manifest paths."""
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    kinds = ("circle", "square", "triangle")
+    for i in range(count):
+        img = shape_image(kinds[i % 3], random.Random(100 + i))
+        (root / "photos" / f"{i:03d}.png").write_bytes(image_bytes(img))
+    return [f"photos/{i:03d}.png" for i in range(count)]
+
+
+def _write_tags(path, rows: list[tuple[str, str]], header: str = "path,labels") -> None:
+    pd.DataFrame(rows, columns=header.split(","), dtype=object).to_csv(path, index=False)
+
+
+def _cells(lines: list[str]) -> list[list[str]]:
+    """The cells of every row of the printed tables."""
+    rows = []
+    for line in lines:
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells:
+            rows.append(cells)
+    return rows
+
+
+def _md5(project) -> str:
+    return yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+
+
+def test_manifest_labels_with_each_separator_and_one_hot_columns(tmp_path):
+    paths = _photos(tmp_path, 3)
+    for sep in (" ", "|", ";", ","):
+        names = ["beach", "dog"] if sep == " " else ["beach", "Sun Set"]
+        _write_tags(
+            tmp_path / "tags.csv",
+            [(paths[0], sep.join(names)), (paths[1], f"{sep}dog{sep}{sep}"), (paths[2], "")],
+        )
+        items, refused = manifest_items(tmp_path / "tags.csv", label_sep=sep)
+        assert [(i.name, i.labels, i.folder) for i in items] == [
+            ("photos__000.png", tuple(sorted(names, key=safe_label)), "_images"),
+            ("photos__001.png", ("dog",), "_images"),
+        ], sep
+        assert [(r.source, r.reason) for r in refused] == [(paths[2], "no_label")]
+        items, refused = manifest_items(tmp_path / "tags.csv", label_sep=sep, allow_empty=True)
+        assert [i.labels for i in items][2:] == [()] and refused == []
+
+    one_hot = [
+        (paths[0], "1", "YES", "false"),
+        (paths[1], "0", "no", "True"),
+        (paths[2], "0", "maybe", "1"),
+    ]
+    _write_tags(tmp_path / "hot.csv", one_hot, "path,beach,Big Dog,sunset")
+    items, refused = manifest_items(
+        tmp_path / "hot.csv", label_columns=["beach", "Big Dog", "sunset"]
+    )
+    assert [i.labels for i in items] == [("beach", "Big Dog"), ("sunset",)]
+    assert [(r.source, r.reason) for r in refused] == [(paths[2], "bad_label_value")]
+    assert "'maybe' in column 'Big Dog'" in refused[0].detail
+    _write_tags(tmp_path / "hot.csv", [(paths[0], "0", "0", "0")], "path,beach,Big Dog,sunset")
+    _, refused = manifest_items(tmp_path / "hot.csv", label_columns=["beach", "Big Dog", "sunset"])
+    assert [r.reason for r in refused] == ["no_label"]
+
+    _write_tags(tmp_path / "both.csv", [(paths[0], "dog", "dog")], "path,label,labels")
+    with pytest.raises(SourceError, match=r"both a 'label' column .* and a 'labels' column"):
+        manifest_items(tmp_path / "both.csv")
+    with pytest.raises(SourceError, match=r"--label-columns nope: no column\(s\) \['nope'\]"):
+        manifest_items(tmp_path / "hot.csv", label_columns=["nope"])
+    with pytest.raises(SourceError, match="label separator '/'"):
+        manifest_items(tmp_path / "tags.csv", label_sep="/")
+    assert {"labels", "original_labels"} <= RESERVED_COLUMNS
+
+    # one image on two rows: the same set is one item, another set is refused, not merged
+    from tasks.collect import unique_destinations
+
+    _write_tags(tmp_path / "twice.csv", [(paths[0], "dog"), (paths[0], "dog"), (paths[0], "cat")])
+    items, refused = unique_destinations(manifest_items(tmp_path / "twice.csv")[0])
+    assert [i.labels for i in items] == [("dog",)]
+    assert [(r.source, r.reason) for r in refused] == [(paths[0], "label_conflict")]
+
+
+def test_multi_label_collect_layout_relabel_mirror_and_clean(tmp_path, prefect_server):
+    """A `labels` manifest lands in data/_images/ with its sets in sources.csv; a relabel is a
+    new data version whose diff counts +1/-1 per label; --mirror removes an image; clean
+    gives a manifest with a `labels` column."""
+    root = tmp_path / "shared"
+    paths = _photos(root, 5)
+    rows = [
+        (paths[0], "beach dog sunset"),
+        (paths[1], "Café 猫"),
+        (paths[2], ""),  # no label: refused unless --allow-empty
+        (paths[3], "dog Dog dog"),  # one label
+        (paths[4], "beach"),
+    ]
+    tags = root / "tags.csv"
+    _write_tags(tags, rows)
+    project = make_project(tmp_path / "project", {"clean": {"near_duplicates": "off"}})
+    lines = _collect_lines(project, "manifest", str(tags))
+    assert "4 new, 0 changed, 0 unchanged, 1 refused" in " ".join(lines)
+    cells = _cells(lines)
+    assert [c for c in cells if len(c) == 3 and c[1] == "no_label"] == [
+        [paths[2], "no_label", "the labels cell is empty (--allow-empty keeps such images)"]
+    ]
+    assert ["dog", "2", "0"] in cells and ["sunset", "1", "0"] in cells  # all gained
+    images = {f"_images/photos__{i:03d}.png" for i in (0, 1, 3, 4)}
+    assert _data_files(project) == images | {"labels.csv", "sources.csv", "task.json"}
+    task = (project / "data" / "task.json").read_text()
+    assert json.loads(task) == {"task": "multi_label", "allow_empty": False}
+    sources = _sources(project)
+    assert list(sources.columns) == ["path", "labels", "original_labels", "source", "sha256"]
+    cat = safe_label("猫")
+    by_path = sources.set_index("path")
+    assert by_path.loc["_images/photos__000.png", "labels"] == "beach dog sunset"
+    assert by_path.loc["_images/photos__001.png", "labels"] == f"cafe {cat}"
+    assert json.loads(by_path.loc["_images/photos__001.png", "original_labels"]) == ["Café", "猫"]
+    assert json.loads(by_path.loc["_images/photos__003.png", "original_labels"]) == ["dog"]
+    for row in sources.itertuples():
+        assert _sha((project / "data" / row.path).read_bytes()) == row.sha256
+    labels = pd.read_csv(project / "data" / "labels.csv")
+    assert labels.values.tolist() == sorted(
+        [["beach", "beach"], ["cafe", "Café"], [cat, "猫"], ["dog", "dog"], ["sunset", "sunset"]]
+    )
+
+    # a relabel: the same images, new sets; data.dvc moves and the diff is per label
+    first = _md5(project)
+    rows[0] = (paths[0], "beach dog")
+    rows[1] = (paths[1], "Café 猫 sunset")
+    _write_tags(tags, rows)
+    lines = _collect_lines(project, "manifest", str(tags))
+    out = " ".join(lines)
+    assert "0 new, 0 changed, 4 unchanged, 1 refused" in out
+    assert "0 added, 0 modified, 0 deleted image(s), 2 relabelled" in out
+    assert _md5(project) != first
+    assert ["sunset", "1", "1"] in _cells(lines)  # gained by 001, lost by 000
+    assert not [c for c in _cells(lines) if c[0] in ("beach", "dog", "cafe")]
+    assert _sources(project).set_index("path").loc["_images/photos__000.png", "labels"] == (
+        "beach dog"
+    )
+
+    # --allow-empty keeps the image with no label; task.json says so
+    lines = _collect_lines(project, "manifest", str(tags), "--allow-empty")
+    assert "1 new, 0 changed, 4 unchanged, 0 refused" in " ".join(lines)
+    assert _sources(project).set_index("path").loc["_images/photos__002.png", "labels"] == ""
+    assert json.loads((project / "data" / "task.json").read_text())["allow_empty"] is True
+
+    # --mirror: an image the manifest no longer lists goes, and its labels lose it
+    del rows[4]
+    _write_tags(tags, rows)
+    lines = _collect_lines(project, "manifest", str(tags), "--allow-empty", "--mirror")
+    out = " ".join(lines)
+    assert "0 new, 0 changed, 4 unchanged, 0 refused, 1 removed (--mirror)" in out
+    assert "0 added, 0 modified, 1 deleted image(s), 0 relabelled" in out
+    assert ["beach", "0", "1"] in _cells(lines)
+    assert "_images/photos__004.png" not in _data_files(project)
+    assert "_images/photos__004.png" not in set(_sources(project)["path"])
+
+    with contextlib.chdir(project):
+        result = CliRunner().invoke(app, ["stage", "clean"])
+    assert result.exit_code == 0, f"{result.output[-4000:]}\n{result.exception!r}"
+    manifest = pd.read_parquet(project / "artifacts" / "clean" / "manifest.parquet")
+    assert "label" not in manifest.columns and "original_label" not in manifest.columns
+    kept = dict(zip(manifest["path"], manifest["labels"], strict=True))
+    assert kept == {
+        "_images/photos__000.png": "beach dog",
+        "_images/photos__001.png": f"cafe {cat} sunset",
+        "_images/photos__002.png": "",
+        "_images/photos__003.png": "dog",
+    }
+    originals = manifest.set_index("path")["original_labels"].map(json.loads)
+    assert originals["_images/photos__001.png"] == ["Café", "猫", "sunset"]
+
+
+def test_one_data_folder_holds_one_kind_of_labels_unless_mirror(tmp_path, prefect_server):
+    source = tmp_path / "source"
+    write_image_folder(source, per_class=2, classes=("circle", "square"))
+    root = tmp_path / "shared"
+    paths = _photos(root, 3)
+    hot = root / "hot.csv"
+    rows = [(paths[0], "1", "0"), (paths[1], "TRUE", "yes"), (paths[2], "0", "1")]
+    _write_tags(hot, rows, "path,Red Thing,blue")
+    project = make_project(tmp_path / "project")
+    assert "4 new" in _collect(project, "folder", str(source))
+    version = _md5(project)
+    files = _data_files(project)
+
+    multi = ("manifest", str(hot), "--label-columns", "Red Thing, blue")
+    result = _invoke(project, *multi)
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "data/ holds single-label" in message and "multi-label" in message
+    assert "--mirror" in message
+    assert _data_files(project) == files and _md5(project) == version
+
+    lines = _collect_lines(project, *multi, "--mirror")
+    assert "3 new, 0 changed, 0 unchanged, 0 refused, 4 removed (--mirror)" in " ".join(lines)
+    images = {f"_images/photos__{i:03d}.png" for i in range(3)}
+    assert _data_files(project) == images | {"labels.csv", "sources.csv", "task.json"}
+    assert _sources(project)["labels"].tolist() == ["red_thing", "blue red_thing", "blue"]
+    labels = pd.read_csv(project / "data" / "labels.csv")
+    assert labels.values.tolist() == [["blue", "blue"], ["red_thing", "Red Thing"]]
+
+    # and back: a single-label source into multi-label data/
+    result = _invoke(project, "folder", str(source))
+    assert result.exit_code == 2 and "data/ holds multi-label" in result.stderr
+    assert "4 new" in _collect(project, "folder", str(source), "--mirror")
+    assert {p.split("/")[0] for p in _data_files(project) if "/" in p} == {"circle", "square"}
+    assert not (project / "data" / "task.json").exists()
+    assert list(_sources(project).columns) == ["path", "label", "source", "sha256"]
+    assert pd.read_csv(project / "data" / "labels.csv")["folder"].tolist() == ["circle", "square"]

@@ -316,3 +316,34 @@ def test_every_collect_source_is_a_retrain_source_and_needs_its_path(tmp_path):
     path.write_text("source: demo\nnew_classes: sometimes\n")
     with pytest.raises(ParamsError, match="new_classes"):
         load_params(RetrainParams, path)
+
+
+def test_a_retrain_source_can_be_a_multi_label_manifest(tmp_path, prefect_server):
+    """retrain.yaml's label_sep, label_columns and allow_empty reach the collect step."""
+    import json
+
+    from flows.project import Project
+    from flows.retrain import collect_source
+    from params import ParamsError, load_params
+
+    source = tmp_path / "source"
+    paths = write_image_folder(source, per_class=1)  # circle, square, triangle
+    rows = ["path,labels", f"{paths[0].relative_to(source)},Big Dog|beach"]
+    rows += [f"{paths[1].relative_to(source)},", f"{paths[2].relative_to(source)},beach"]
+    (source / "tags.csv").write_text("\n".join(rows) + "\n")
+    project = make_project(tmp_path / "project")
+    _set(project, source="manifest", path="../source/tags.csv", label_sep="|", allow_empty=True)
+    params = load_params(RetrainParams, project / "params" / "retrain.yaml")
+    collected = collect_source(Project(project), params)
+    assert (collected["new"], collected["refused"]) == (3, [])
+    sources = pd.read_csv(project / "data" / "sources.csv", dtype=str, keep_default_na=False)
+    assert sources["labels"].tolist() == ["beach big_dog", "", "beach"]
+    assert json.loads(sources["original_labels"][0]) == ["beach", "Big Dog"]
+    task = json.loads((project / "data" / "task.json").read_text())
+    assert task == {"task": "multi_label", "allow_empty": True}
+
+    defaults = RetrainParams()  # single-label collect unless the keys are set
+    assert (defaults.label_sep, defaults.label_columns, defaults.allow_empty) == (" ", None, False)
+    (tmp_path / "bad.yaml").write_text("label_sep: '/'\n")
+    with pytest.raises(ParamsError, match="label_sep"):
+        load_params(RetrainParams, tmp_path / "bad.yaml")
