@@ -44,7 +44,7 @@ def train_flow(params: TrainParams, root: str = ".") -> dict:
     params, data, refit, overridden = final.params, final.data, final.refit, final.overridden
     log = get_run_logger()
     trained_on = len(data.part("train"))
-    nouns = data.task.plural
+    nouns = data.task.nouns
     log.info("training %s on %d %s, %d images", params.model, len(data.classes), nouns, trained_on)
     if overridden:
         log.warning(overridden)

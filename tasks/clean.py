@@ -41,11 +41,11 @@ from tasks.clean_cache import (
     save_index,
     store_pixels,
 )
-from tasks.clean_labels import LabelKind, SingleLabel, label_kind
 from tasks.clean_manifest import build_manifest  # noqa: F401  (benchmarks import it from here)
 from tasks.clean_rules import UNDECODABLE, CleanRecord, Rejection, apply_rules, fits, size_problem
 from tasks.decode import RejectedImage
 from tasks.files import FileRefused, open_regular, printable, read_limited, write_parquet
+from tasks.label_task import SingleLabel, task_of_data
 from tasks.shards import (
     SHARD_BYTES,
     SHARDS,
@@ -66,13 +66,13 @@ class CleanResult:
     processed: list[str]  # paths decoded by this run (the rest came from the cache)
     raw_counts: dict[str, int]  # files per label before cleaning
     rebuilt_shards: list[str] = field(default_factory=list)  # failed their checksum: rebuilt
-    kind: LabelKind = field(default_factory=SingleLabel)  # single- or multi-label data
+    kind: SingleLabel = field(default_factory=SingleLabel)  # single- or multi-label data
     raw_files: int = 0  # files listed (with a label)
 
 
 def list_raw_images(data_dir: Path) -> list[tuple[str, str]]:
     """(relative path, label) for every file under data/<label>/, sorted for determinism
-    (multi-label data: the label is the folder, _images; tasks/clean_labels.py gives the set).
+    (multi-label data: the label is the folder, _images; tasks/label_task.py gives the set).
 
     Hidden files and folders are skipped. os.walk, not Path.rglob: 4× faster on 10k files.
     """
@@ -174,7 +174,7 @@ def clean_dataset(
     same for the shards' checksums. A shard that fails its checksum is dropped and
     its images decoded again from data/.
     """
-    kind = label_kind(data_dir)
+    kind = task_of_data(data_dir)
     listed, unlabelled = kind.labelled(data_dir, list_raw_images(data_dir))
     digests, unreadable = hash_files(data_dir, [rel for rel, _ in listed], hashes_file)
     unreadable += [Rejection(*problem) for problem in unlabelled]  # never read: no label

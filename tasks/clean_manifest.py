@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from tasks.clean_labels import LabelKind, label_kind
 from tasks.clean_rules import CleanRecord, Rejection
 from tasks.files import write_csv, write_parquet
+from tasks.label_task import SingleLabel, task_of_data
 from tasks.sources import SOURCES_FILE
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def source_columns(data_dir: Path) -> pd.DataFrame | None:
 
 
 def build_manifest(
-    records: list[CleanRecord], data_dir: Path | None = None, kind: LabelKind | None = None
+    records: list[CleanRecord], data_dir: Path | None = None, kind: SingleLabel | None = None
 ) -> pd.DataFrame:
     """The kept images with sources.csv's columns; multi-label data (data/task.json, or
     `kind`) gets `labels`/`original_labels` instead of `label`/`original_label`."""
@@ -39,7 +39,7 @@ def build_manifest(
         [vars(r) for r in records], columns=[f.name for f in fields(CleanRecord)]
     )
     sources = source_columns(data_dir) if data_dir is not None else None
-    manifest, sources = (kind or label_kind(data_dir)).manifest(manifest, sources)
+    manifest, sources = (kind or task_of_data(data_dir)).manifest(manifest, sources)
     if sources is not None:
         extra = [c for c in sources.columns if c == "path" or c not in manifest.columns]
         manifest = manifest.merge(sources[extra], on="path", how="left")

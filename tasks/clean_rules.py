@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from params import CleanParams
 from tasks.clean_cache import CacheEntry
-from tasks.clean_labels import LabelKind, SingleLabel
 from tasks.duplicates import near_duplicate_components
+from tasks.label_task import SingleLabel
 from tasks.sources import safe_label
 
 UNDECODABLE = "the file name is not valid UTF-8: rename it, or collect it (collect renames it)"
@@ -85,7 +85,7 @@ def apply_rules(
     digests: dict[str, tuple[str, int]],
     index: dict[str, CacheEntry],
     params: CleanParams,
-    kind: LabelKind = SingleLabel(),
+    kind: SingleLabel = SingleLabel(),
 ) -> tuple[list[CleanRecord], list[Rejection]]:
     """The per-file and across-file rules, on decoded results: same input, same output.
 

@@ -9,8 +9,10 @@ branching on the kind itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,9 @@ import torch
 from torch import nn
 
 from tasks import multilabel
+from tasks.files import printable
+from tasks.multilabel import join_set, split_set
+from tasks.sources import IMAGES_FOLDER, SOURCES_FILE, data_task
 
 
 @dataclass
@@ -31,6 +36,14 @@ class Validation:
     decision: dict = field(default_factory=dict)  # what the model decides with (thresholds)
 
 
+# a file rejected before any rule: (path, reason, detail)
+Problem = tuple[str, str, str]
+RARE_LABEL = 10  # multi-label: a label on fewer kept images than this is warned about
+# the reasons only multi-label data can give (tasks/clean_rules.py REASONS has the others)
+MULTI_LABEL_REASONS = {
+    "no_label": "multi-label data: no row in data/sources.csv, an empty set (collected "
+    "without --allow-empty), or a file outside data/_images/",
+}
 # a label with fewer validation positives than this gets the global threshold
 MIN_POSITIVES = 5
 
@@ -51,7 +64,7 @@ class SingleLabel:
     calibration_axis = ("confidence (top-1 probability)", "images")  # reliability.png's
     confusion_title = "test confusion matrix"
 
-    noun, plural = "class", "classes"
+    noun, nouns, some = "class", "classes", "class(es)"  # in summaries and warnings
     summary_keys = ("accuracy", "f1_macro", "log_loss", "ece")  # crossval's mean ± std
     refits = True  # `refit: auto` after a search moves val into train
 
@@ -196,7 +209,38 @@ class SingleLabel:
         hits = (logits.argmax(1) == targets).cpu().numpy()
         return Validation(loss, {"val_accuracy": float(hits.mean())}, hits)
 
+    # --- the clean stage: which files are labelled how (data/<label>/ or data/_images/) ---
+    def labelled(
+        self, data_dir: Path, listed: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], list[Problem]]:
+        """(path, label) of the files to clean, and those rejected for their label."""
+        return listed, []
 
+    def screen(self, label: str, allowed: set[str] | None) -> tuple[str, str | None]:
+        """The label as clean.yaml `classes` leaves it, and why the file is rejected if so."""
+        if allowed is not None and label not in allowed:
+            return label, f"{label!r} is not in `classes`"
+        return label, None
+
+    def counts(self, labels: Iterable[str]) -> dict[str, int]:
+        """Images per label."""
+        counts: dict[str, int] = {}
+        for label in labels:
+            counts[printable(label)] = counts.get(printable(label), 0) + 1
+        return counts
+
+    def manifest(
+        self, manifest: pd.DataFrame, sources: pd.DataFrame | None
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """The manifest's label columns, and the sources.csv columns left to join on `path`."""
+        return manifest, sources
+
+    def warnings(self, table: pd.DataFrame) -> list[str]:
+        """Warnings about the per-label table beyond the empty classes and the imbalance."""
+        return []
+
+
+@dataclass(frozen=True)
 class MultiLabel(SingleLabel):
     """A set of labels per image (possibly empty): sigmoid, BCE, a threshold per label."""
 
@@ -208,7 +252,8 @@ class MultiLabel(SingleLabel):
     calibration_axis = ("predicted probability of a label", "image × label pairs")
     confusion_title = "label co-occurrence: actual label × predicted label"
 
-    noun, plural = "label", "labels"
+    noun, nouns, some = "label", "labels", "label(s)"
+    allow_empty: bool = False  # data/task.json: images with no label train as negatives
     summary_keys = ("map_macro", "f1_micro", "log_loss", "ece")
     refits = False  # val picks each label's threshold: `refit: on` leaves every one at 0.5
     PREVIEW_LABELS = 12  # the preview shows the most frequent labels only
@@ -227,8 +272,6 @@ class MultiLabel(SingleLabel):
         """Each label as its user named it (original_labels holds the names in set order)."""
         if "original_labels" not in frame.columns:
             return classes
-        import json
-
         named: dict[str, str] = {}
         for safe, original in zip(frame["labels"], frame["original_labels"], strict=True):
             if not isinstance(original, str) or not original:
@@ -376,6 +419,79 @@ class MultiLabel(SingleLabel):
         }
         return Validation(loss, scores, multilabel.lrap_per_image(probs, truth), decision)
 
+    # --- the clean stage ---
+    def labelled(
+        self, data_dir: Path, listed: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], list[Problem]]:
+        sets = _source_sets(data_dir)
+        files: list[tuple[str, str]] = []
+        problems: list[Problem] = []
+        for rel, folder in listed:
+            cell = sets.get(rel)
+            if folder != IMAGES_FOLDER:
+                problems.append((rel, "no_label", f"multi-label images are in {IMAGES_FOLDER}/"))
+            elif cell is None:
+                problems.append((rel, "no_label", f"no row in data/{SOURCES_FILE}"))
+            elif not cell and not self.allow_empty:
+                detail = "an empty label set (data/task.json: allow_empty is false)"
+                problems.append((rel, "no_label", detail))
+            else:
+                files.append((rel, cell))
+        return files, problems
+
+    def screen(self, label: str, allowed: set[str] | None) -> tuple[str, str | None]:
+        """The set without the labels `classes` leaves out; a set left empty is rejected unless
+        empty sets are allowed."""
+        if allowed is None:
+            return label, None
+        labels = split_set(label)
+        kept = join_set(lb for lb in labels if lb in allowed)
+        if labels and not kept and not self.allow_empty:
+            return kept, f"none of its labels {labels} is in `classes`"
+        return kept, None
+
+    def counts(self, labels: Iterable[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for cell in labels:
+            for label in split_set(cell):
+                counts[label] = counts.get(label, 0) + 1
+        return counts
+
+    def manifest(
+        self, manifest: pd.DataFrame, sources: pd.DataFrame | None
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """`labels` (the kept set) and `original_labels` (the user's names of those labels, a
+        JSON list in the same order) in place of `label` and `original_label`."""
+        manifest = manifest.rename(columns={"label": "labels"})
+        names: dict[str, dict[str, str]] = {}
+        if sources is not None and {"labels", "original_labels"} <= set(sources.columns):
+            for path, cell, originals in zip(
+                sources["path"], sources["labels"], sources["original_labels"], strict=True
+            ):
+                names[path] = dict(zip(split_set(cell), _json_list(originals), strict=False))
+            sources = sources.drop(columns=["labels", "original_labels"])
+        manifest.insert(
+            list(manifest.columns).index("dup_group") + 1,
+            "original_labels",
+            [
+                json.dumps(
+                    [names.get(path, {}).get(lb, lb) for lb in split_set(cell)], ensure_ascii=False
+                )
+                for path, cell in zip(manifest["path"], manifest["labels"], strict=True)
+            ],
+        )
+        return manifest, sources
+
+    def warnings(self, table: pd.DataFrame) -> list[str]:
+        rare = table[(table["kept"] > 0) & (table["kept"] < RARE_LABEL)]
+        if rare.empty:
+            return []
+        counts = ", ".join(f"{r.label} {r.kept}" for r in rare.itertuples())
+        return [
+            f"rare label(s): {counts} kept image(s), fewer than {RARE_LABEL}: too few to learn "
+            "or to measure; collect more, or drop them with clean.yaml `classes`"
+        ]
+
 
 class SmoothedBCE(nn.Module):
     """BCE-with-logits on targets smoothed towards ½ (y(1-ε) + ε/2), with an optional
@@ -395,6 +511,25 @@ class SmoothedBCE(nn.Module):
         )
 
 
+def _source_sets(data_dir: Path) -> dict[str, str]:
+    """{path: canonical set string} from data/sources.csv (empty without a `labels` column)."""
+    path = data_dir / SOURCES_FILE
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"path", "labels"} <= set(frame.columns):
+        return {}
+    return {p: join_set(split_set(c)) for p, c in zip(frame["path"], frame["labels"], strict=True)}
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 LabelTask = SingleLabel  # the interface; MultiLabel overrides what differs
 SINGLE, MULTI = SingleLabel(), MultiLabel()
 
@@ -402,6 +537,14 @@ SINGLE, MULTI = SingleLabel(), MultiLabel()
 def task_of(frame: pd.DataFrame) -> SingleLabel:
     """The kind a manifest or split table holds: a `labels` column is multi-label."""
     return MULTI if "labels" in frame.columns else SINGLE
+
+
+def task_of_data(data_dir: Path | None) -> SingleLabel:
+    """The kind of data/: multi-label when data/task.json says so, else single-label."""
+    task = data_task(data_dir) if data_dir is not None else None
+    if task is None:
+        return SINGLE
+    return MultiLabel(allow_empty=task["allow_empty"])
 
 
 def task_named(kind: str | None) -> SingleLabel:

@@ -375,7 +375,8 @@ def _multi_label_data(data, sets: dict[str, str | None], same: dict[str, str] | 
 
 
 def test_multi_label_data_is_cleaned_into_a_labels_manifest(tmp_path):
-    from tasks.clean_labels import MultiLabel, label_kind
+    from tasks.label_task import MultiLabel
+    from tasks.label_task import task_of_data as label_kind
 
     data = tmp_path / "data"
     sets = {
@@ -438,8 +439,8 @@ def test_multi_label_data_is_cleaned_into_a_labels_manifest(tmp_path):
 
 
 def test_multi_label_empty_sets_kept_when_allowed_and_rare_labels_warned(tmp_path):
-    from tasks.clean_labels import RARE_LABEL
     from tasks.collect import write_task
+    from tasks.label_task import RARE_LABEL
 
     data = tmp_path / "data"
     sets = {f"{i:02d}.png": "dog" for i in range(RARE_LABEL)}
