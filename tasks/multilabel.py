@@ -225,6 +225,15 @@ def _pooled_ece(probs: np.ndarray, truth: np.ndarray, bins: int = 15) -> float:
     return float(ece)
 
 
+def _samples_f1(truth: np.ndarray, pred: np.ndarray) -> float:
+    """F1 per image, averaged (sklearn's `average="samples"`, zero_division=0), also for a
+    single label column, which sklearn takes for binary data and refuses."""
+    both = (truth & pred).sum(1)
+    sizes = truth.sum(1) + pred.sum(1)
+    per_image = np.divide(2 * both, sizes, out=np.zeros(len(truth)), where=sizes > 0)
+    return float(per_image.mean()) if len(truth) else 0.0
+
+
 def multilabel_metrics(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -253,7 +262,7 @@ def multilabel_metrics(
         ),
         "f1_micro": float(f1_score(truth, pred, average="micro", zero_division=0)),
         "f1_macro": float(f1_score(truth, pred, average="macro", zero_division=0)),
-        "f1_samples": float(f1_score(truth, pred, average="samples", zero_division=0)),
+        "f1_samples": _samples_f1(truth, pred),
         "precision_micro": float(precision_score(truth, pred, average="micro", zero_division=0)),
         "recall_micro": float(recall_score(truth, pred, average="micro", zero_division=0)),
         "subset_accuracy": float(accuracy_score(truth, pred)),
