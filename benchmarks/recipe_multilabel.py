@@ -42,19 +42,20 @@ RECIPES = ("default", "plain")
 
 
 def prepare(name: str, work: Path) -> Prepared:
-    """The dataset's tags.csv collected into a data/ folder and cleaned, as the pipeline does."""
-    import pandas as pd
-
-    from params import ManifestSource
+    """The dataset's tags.csv written into a data/ folder as `collect manifest` writes it
+    (data/_images, sources.csv, task.json; without the DVC versioning), then cleaned."""
     from tasks.clean import build_manifest, clean_dataset
-    from tasks.collect import collect_source
+    from tasks.collect import update_records, write_items, write_task
+    from tasks.sources import MULTI_LABEL, manifest_items
 
-    root = work / name
-    collect_source(ManifestSource(path=str(dataset(name) / "tags.csv")), root / "data")
+    data = work / name / "data"
+    items, refused = manifest_items(dataset(name) / "tags.csv")
+    assert not refused, refused[:3]
+    update_records(data, write_items(items, data).records)
+    write_task(data, MULTI_LABEL, allow_empty=False)
     clean = shipped("clean")
-    manifest = build_manifest(clean_dataset(root / "data", root / "clean", clean).records)
-    assert isinstance(manifest, pd.DataFrame) and "labels" in manifest.columns
-    return Prepared(name, manifest, root / "clean", clean)
+    manifest = build_manifest(clean_dataset(data, work / name / "clean", clean).records, data)
+    return Prepared(name, manifest, work / name / "clean", clean)
 
 
 def single_label(prepared: Prepared) -> Prepared:
@@ -183,9 +184,10 @@ def measure(datasets=None, seeds: int = SEEDS, epochs: int = EPOCHS) -> list[Res
                     f"{statistics.fmean(seconds['single']):.1f} s per epoch",
                 )
             )
+            maps = {r: spread([m["map"] for m in got[r]]) for r in RECIPES}
             lines.append(
-                f"| {name} | {len(manifest)} / {n_labels} | {spread([m['map'] for m in got['default']])} "  # type: ignore[arg-type]
-                f"| {spread([m['map'] for m in got['plain']])} | {margin:+.1f} pts "
+                f"| {name} | {len(manifest)} / {n_labels} | {maps['default']} "  # type: ignore[arg-type]
+                f"| {maps['plain']} | {margin:+.1f} pts "
                 f"| {spread(tuned)} | {spread(half)} | {ratio:.2f}× |"
             )
     print("\n".join(lines), flush=True)
@@ -199,8 +201,6 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     args = parser.parse_args()
     rows = measure(args.dataset, args.seeds, args.epochs)
-    for row in rows:
-        print(row.line())
     return 0 if all(row.met is not False for row in rows) else 1
 
 

@@ -13,13 +13,16 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from tasks import multilabel
+
+if TYPE_CHECKING:  # torch is imported where it is used: clean and split never load it
+    import torch
+    from torch import nn
 from tasks.files import printable
 from tasks.multilabel import join_set, split_set
 from tasks.sources import IMAGES_FOLDER, SOURCES_FILE, data_task
@@ -111,9 +114,11 @@ class SingleLabel:
 
     def image_weights(self, targets, per_class: list[float]) -> tuple[list[float], int]:
         """(each image's sampling weight, the largest class's image count)."""
-        return [per_class[t] for t in targets], max(torch.bincount(torch.tensor(targets)).tolist())
+        return [per_class[t] for t in targets], int(np.bincount(np.asarray(targets)).max())
 
     def loss(self, label_smoothing: float, weight: torch.Tensor | None) -> nn.Module:
+        from torch import nn
+
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -121,7 +126,7 @@ class SingleLabel:
         return (logits.argmax(1) == labels).sum(), len(labels)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits, 1)
+        return logits.softmax(1)
 
     def merge_tta(self, logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
         """Logits whose activation is the mean probability of an image and its mirror."""
@@ -186,6 +191,8 @@ class SingleLabel:
         self, probs: np.ndarray, labels: list[str], top_k: int, thresholds=None
     ) -> dict:
         """What predictions.csv holds for one image: the class, its confidence, the top k."""
+        import torch
+
         top = torch.from_numpy(probs).topk(max(1, min(top_k, len(labels))))
         row: dict = {
             "predicted": labels[int(top.indices[0])],
@@ -205,7 +212,9 @@ class SingleLabel:
         return f"accuracy {right / len(truth):.3f} ({len(truth) - right} wrong)"
 
     def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> Validation:
-        loss = nn.functional.cross_entropy(logits, targets).item()
+        from torch.nn.functional import cross_entropy
+
+        loss = cross_entropy(logits, targets).item()
         hits = (logits.argmax(1) == targets).cpu().numpy()
         return Validation(loss, {"val_accuracy": float(hits.mean())}, hits)
 
@@ -285,6 +294,8 @@ class MultiLabel(SingleLabel):
         return multilabel.multi_hot(frame["labels"].astype(str).tolist(), classes)
 
     def loss(self, label_smoothing: float, weight: torch.Tensor | None) -> nn.Module:
+        from tasks.losses import SmoothedBCE
+
         return SmoothedBCE(label_smoothing, weight)
 
     def balance(self, train: pd.DataFrame) -> dict:
@@ -313,11 +324,11 @@ class MultiLabel(SingleLabel):
         return ((logits > 0) == (labels > 0.5)).sum(), labels.numel()
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
+        return logits.sigmoid()
 
     def merge_tta(self, logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
         probs = (logits.sigmoid() + mirrored.sigmoid()) / 2
-        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+        return probs.clamp(1e-6, 1 - 1e-6).logit()
 
     def payload(self) -> dict:
         return {"task": self.kind}
@@ -402,8 +413,10 @@ class MultiLabel(SingleLabel):
 
     def validate(self, logits: torch.Tensor, targets: torch.Tensor) -> Validation:
         targets = targets.float()
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
-        probs, truth = torch.sigmoid(logits).numpy(), targets.numpy()
+        from torch.nn.functional import binary_cross_entropy_with_logits
+
+        loss = binary_cross_entropy_with_logits(logits, targets).item()
+        probs, truth = logits.sigmoid().numpy(), targets.numpy()
         thresholds, fallback = multilabel.fit_thresholds(probs, truth, MIN_POSITIVES)
         scored = multilabel.multilabel_metrics(
             probs, truth, thresholds, list(range(truth.shape[1]))
@@ -491,24 +504,6 @@ class MultiLabel(SingleLabel):
             f"rare label(s): {counts} kept image(s), fewer than {RARE_LABEL}: too few to learn "
             "or to measure; collect more, or drop them with clean.yaml `classes`"
         ]
-
-
-class SmoothedBCE(nn.Module):
-    """BCE-with-logits on targets smoothed towards ½ (y(1-ε) + ε/2), with an optional
-    `pos_weight` per label (the balance plan's class_weights strategy)."""
-
-    def __init__(self, smoothing: float = 0.0, pos_weight: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.smoothing = smoothing
-        self.register_buffer("pos_weight", pos_weight)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        targets = targets.float()
-        if self.smoothing:
-            targets = targets * (1 - self.smoothing) + self.smoothing / 2
-        return nn.functional.binary_cross_entropy_with_logits(
-            logits, targets, pos_weight=self.pos_weight
-        )
 
 
 def _source_sets(data_dir: Path) -> dict[str, str]:
