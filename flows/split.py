@@ -20,6 +20,7 @@ from flows.project import Project
 from flows.report import publish_markdown
 from params import SplitParams
 from tasks.files import fresh_dir, write_csv, write_json, write_parquet
+from tasks.label_task import task_of
 from tasks.split import SPLITS, fold_counts, split_counts, split_digest, split_task
 
 LEDGER = "ledger.json"  # multi-label only: the params the split.parquet beside it was made with
@@ -58,15 +59,15 @@ def split_flow(params: SplitParams, root: str = ".") -> dict:
     log = get_run_logger()
     project = Project(Path(root))
     manifest = pd.read_parquet(project.artifacts("clean") / "manifest.parquet")
-    multi_label = "labels" in manifest.columns
+    task = task_of(manifest)
+    keeps = not task.stable_by_key  # multi-label: the previous split fixes the old images
     previous, note = previous_split(project.artifacts("split"), params)  # before it is emptied
     out = fresh_dir(project.artifacts("split"))
-    plan = split_task(manifest, params, previous if multi_label else None)
-    messages = ([note] if note and multi_label else []) + plan.messages
+    plan = split_task(manifest, params, previous if keeps else None)
+    messages = ([note] if note and keeps else []) + plan.messages
     split = plan.frame
     write_parquet(split, out / "split.parquet")
-    label_column = "labels" if multi_label else "label"
-    list_columns = ["path", label_column] + (["fold"] if params.folds else [])
+    list_columns = ["path", task.column] + (["fold"] if params.folds else [])
     for name in SPLITS:  # plain lists for tools that do not read parquet
         write_csv(split.loc[split["split"] == name, list_columns], out / f"{name}.csv")
     counts = split_counts(split)
@@ -77,9 +78,9 @@ def split_flow(params: SplitParams, root: str = ".") -> dict:
         folds = fold_counts(split, params.folds)
         write_csv(folds.reset_index(), out / "folds.csv")
         summary += f"\n\n## {params.folds} folds over train + val\n\n" + folds.to_markdown()
-    if multi_label:  # single-label assignment needs no ledger: each key fixes its own split
+    if keeps:  # single-label assignment needs no ledger: each key fixes its own split
         ledger = {
-            "task": "multi_label",
+            "task": task.kind,
             "digest": split_digest(params),
             "split_params": params.model_dump(mode="json"),
             "images": len(split),
@@ -94,7 +95,7 @@ def split_flow(params: SplitParams, root: str = ".") -> dict:
         ", ".join(f"{n} {s}" for s, n in sizes.items()),
         len(split),
         len(counts),
-        "labels" if multi_label else "classes",
+        task.nouns,
         f", {params.folds} folds over train + val" if params.folds else "",
     )
     return sizes

@@ -267,7 +267,11 @@ class TrainParams(_Params):
         0.5, ge=0, description="linear warmup (cosine/constant) or the rising part of the one-cycle"
     )
     # regularisation
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = Field(
+        "auto",
+        description="targets pulled towards uniform (multi-label: towards ½); auto = 0.1, or "
+        "0 for multi-label data, where it measured worse",
+    )
     mixup_alpha: float = Field(0.0, ge=0, description="MixUp Beta(α, α); 0 = off")
     cutmix_alpha: float = Field(0.0, ge=0, description="CutMix Beta(α, α); 0 = off")
     mix_prob: float = Field(1.0, ge=0, le=1, description="share of batches mixed when on")

@@ -70,6 +70,7 @@ class SingleLabel:
     noun, nouns, some = "class", "classes", "class(es)"  # in summaries and warnings
     summary_keys = ("accuracy", "f1_macro", "log_loss", "ece")  # crossval's mean ± std
     refits = True  # `refit: auto` after a search moves val into train
+    label_smoothing = 0.1  # what `label_smoothing: auto` means
 
     def classes(self, frame: pd.DataFrame) -> list[str]:
         return sorted(frame["label"].unique())
@@ -178,6 +179,40 @@ class SingleLabel:
         """The labels two models are compared on (None: each on all of its classes)."""
         return None
 
+    # --- the split stage (tasks/split.py) ---
+    stable_by_key = True  # each key's split is its own hash draw: no previous split needed
+
+    def splittable(self, manifest: pd.DataFrame) -> str | None:
+        """Why the manifest cannot be split into something to learn, or None."""
+        classes = sorted(manifest["label"].unique())
+        if len(classes) < 2:
+            return (
+                f"only one class has usable images ({classes[0]}: {len(manifest)}): a "
+                "classifier needs at least two; collect images of another class"
+            )
+        return None
+
+    def per_class(self, frame: pd.DataFrame) -> pd.Series:
+        """Images per class."""
+        return frame["label"].value_counts()
+
+    def crosstab(self, frame: pd.DataFrame, by: str, order: Sequence) -> pd.DataFrame:
+        """Images per class (rows) and value of `by` (columns, in `order`)."""
+        return pd.crosstab(frame["label"], frame[by]).reindex(columns=order, fill_value=0)
+
+    def assign_splits(
+        self, manifest, keys, free, share, params, pinned, previous, messages
+    ) -> pd.Series:
+        """Each image's split among the `free` ones (tasks/split.py: plan_splits)."""
+        from tasks.split import hash_splits
+
+        return hash_splits(keys, free, share, params)
+
+    def assign_folds(self, out, keys, params, previous) -> pd.Series:
+        from tasks.split import hash_folds
+
+        return hash_folds(keys, params)
+
     def label_issues(self, pool, oof: np.ndarray, labels: list[str], limit: int) -> pd.DataFrame:
         """Training images whose out-of-fold predictions doubt their label (cleanlab)."""
         from tasks.crossval import find_label_issues
@@ -265,10 +300,11 @@ class MultiLabel(SingleLabel):
     allow_empty: bool = False  # data/task.json: images with no label train as negatives
     summary_keys = ("map_macro", "f1_micro", "log_loss", "ece")
     refits = False  # val picks each label's threshold: `refit: on` leaves every one at 0.5
+    label_smoothing = 0.0  # smoothing towards ½ lowered test mAP (docs/measurements.md)
     PREVIEW_LABELS = 12  # the preview shows the most frequent labels only
 
     def classes(self, frame: pd.DataFrame) -> list[str]:
-        return multilabel.label_classes(frame["labels"].astype(str).tolist())
+        return multilabel.label_classes(_sets(frame))
 
     def examples(self, train: pd.DataFrame) -> dict[str, str]:
         labels = self.classes(train)
@@ -291,7 +327,7 @@ class MultiLabel(SingleLabel):
 
     def targets(self, frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
         """Multi-hot rows over `classes` (labels `classes` lacks are dropped)."""
-        return multilabel.multi_hot(frame["labels"].astype(str).tolist(), classes)
+        return multilabel.multi_hot(_sets(frame), classes)
 
     def loss(self, label_smoothing: float, weight: torch.Tensor | None) -> nn.Module:
         from tasks.losses import SmoothedBCE
@@ -368,13 +404,49 @@ class MultiLabel(SingleLabel):
         return np.ones(len(test), dtype=bool)
 
     def with_labels(self, frame: pd.DataFrame, labels: set[str]) -> np.ndarray:
-        sets = (
-            frame["labels"].astype(str).map(lambda s: bool(labels & set(multilabel.split_set(s))))
-        )
-        return sets.to_numpy(dtype=bool)
+        return np.array([bool(labels & set(split_set(s))) for s in _sets(frame)], dtype=bool)
 
     def shared_labels(self, ours: list[str], theirs: list[str]) -> list[str] | None:
         return [c for c in ours if c in set(theirs)]
+
+    # --- the split stage ---
+    stable_by_key = False  # iterative stratification: stable through the previous split
+
+    def splittable(self, manifest: pd.DataFrame) -> str | None:
+        sets = _sets(manifest)
+        labels = multilabel.label_classes(sets)
+        if not labels:
+            return (
+                f"none of the {len(manifest)} usable image(s) has a label: collect labelled images"
+            )
+        if len(labels) == 1 and all(sets):
+            return (
+                f"every usable image has the one label {labels[0]!r} and nothing else "
+                f"({len(manifest)} image(s)): there is nothing to tell apart; collect images "
+                "with other labels, or without it"
+            )
+        return None
+
+    def per_class(self, frame: pd.DataFrame) -> pd.Series:
+        """Images per label."""
+        sets = _sets(frame)
+        labels = multilabel.label_classes(sets)
+        return pd.Series(multilabel.multi_hot(sets, labels).sum(0).astype(np.int64), index=labels)
+
+    def crosstab(self, frame: pd.DataFrame, by: str, order: Sequence) -> pd.DataFrame:
+        return multilabel.label_counts(frame, by, order)
+
+    def assign_splits(
+        self, manifest, keys, free, share, params, pinned, previous, messages
+    ) -> pd.Series:
+        from tasks.split import stratified_splits
+
+        return stratified_splits(manifest, keys, free, share, params, pinned, previous, messages)
+
+    def assign_folds(self, out, keys, params, previous) -> pd.Series:
+        from tasks.split import stratified_folds
+
+        return stratified_folds(out, keys, params, previous)
 
     def label_issues(self, pool, oof: np.ndarray, labels: list[str], limit: int) -> pd.DataFrame:
         from tasks.crossval import find_multilabel_issues
@@ -504,6 +576,12 @@ class MultiLabel(SingleLabel):
             f"rare label(s): {counts} kept image(s), fewer than {RARE_LABEL}: too few to learn "
             "or to measure; collect more, or drop them with clean.yaml `classes`"
         ]
+
+
+def _sets(frame: pd.DataFrame) -> list[str]:
+    """The `labels` column as canonical set strings (a missing cell: the empty set)."""
+    labels = frame["labels"]
+    return labels.astype(object).where(labels.notna(), "").astype(str).str.strip().tolist()
 
 
 def _source_sets(data_dir: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch import nn
 from torch.optim.lr_scheduler import ExponentialLR
 
 from params import TrainParams
@@ -24,7 +23,7 @@ from tasks.dataset import CachedImages, make_loader
 from tasks.figures import pyplot, save_figure
 from tasks.model import build_classifier, pick_device
 from tasks.optim import make_optimizer, param_groups, trainable_stages
-from tasks.train import TrainData, seed_everything
+from tasks.train import TrainData, resolved, seed_everything
 
 
 @dataclass
@@ -62,7 +61,7 @@ def lr_range_test(
         g["lr"] = start_lr * g["lr"] / params.lr
     optimizer = make_optimizer(groups, params)
     scheduler = ExponentialLR(optimizer, gamma=(end_lr / start_lr) ** (1 / max(1, steps - 1)))
-    criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    criterion = data.task.loss(resolved(params, data).label_smoothing, None)  # CE or BCE
     rows: list[tuple[int, float, float, float]] = []
     avg, best = 0.0, math.inf
     batches = itertools.chain.from_iterable(itertools.repeat(loader))

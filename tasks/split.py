@@ -33,7 +33,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from params import SplitParams
-from tasks.multilabel import label_classes, label_counts, multi_hot, stratified_assignment
+from tasks.label_task import task_of
+from tasks.multilabel import label_classes, multi_hot, stratified_assignment
 
 SPLITS = ("train", "val", "test")
 FOLDER_SPLIT = "folder_split"  # collect's column for a tree shipped split (tasks/sources.py)
@@ -108,35 +109,7 @@ def folder_pins(manifest: pd.DataFrame, params: SplitParams) -> pd.Series:
     return given.where(given.isin(kept), np.nan) if kept else none
 
 
-def _is_multi_label(frame: pd.DataFrame) -> bool:
-    return "labels" in frame.columns
-
-
-def _check_classes(manifest: pd.DataFrame) -> None:
-    """A SplitError unless the manifest has something to learn: two classes, or labels."""
-    if not _is_multi_label(manifest):
-        classes = sorted(manifest["label"].unique())
-        if len(classes) < 2:
-            raise SplitError(
-                f"only one class has usable images ({classes[0]}: {len(manifest)}): a "
-                "classifier needs at least two; collect images of another class"
-            )
-        return
-    sets = _text(manifest["labels"])
-    labels = label_classes(sets.tolist())
-    if not labels:
-        raise SplitError(
-            f"none of the {len(manifest)} usable image(s) has a label: collect labelled images"
-        )
-    if len(labels) == 1 and (sets != "").all():
-        raise SplitError(
-            f"every usable image has the one label {labels[0]!r} and nothing else "
-            f"({len(manifest)} image(s)): there is nothing to tell apart; collect images "
-            "with other labels, or without it"
-        )
-
-
-def _hash_splits(
+def hash_splits(
     keys: pd.Series, free: list[str], share: np.ndarray, params: SplitParams
 ) -> pd.Series:
     """Single-label: each key's split from its own uniform draw, cut at the shares."""
@@ -206,7 +179,7 @@ def _previous_values(
     return found.fillna(-1).to_numpy(dtype=np.int64)
 
 
-def _stratified_splits(
+def stratified_splits(
     manifest: pd.DataFrame,
     keys: pd.Series,
     free: list[str],
@@ -235,30 +208,16 @@ def _stratified_splits(
     return pd.Series(np.array(free, dtype=object)[assigned[codes]], index=manifest.index)
 
 
-def _assign_splits(
-    manifest: pd.DataFrame,
-    keys: pd.Series,
-    free: list[str],
-    share: np.ndarray,
-    params: SplitParams,
-    pinned: pd.Series,
-    previous: pd.DataFrame | None,
-    messages: list[str],
-) -> pd.Series:
-    """Each image's split among the `free` ones, the way its kind of labels wants (images
-    `pinned` to a folder's split get theirs afterwards)."""
-    if _is_multi_label(manifest):
-        return _stratified_splits(manifest, keys, free, share, params, pinned, previous, messages)
-    return _hash_splits(keys, free, share, params)
+def hash_folds(keys: pd.Series, params: SplitParams) -> pd.Series:
+    """Single-label: each key's fold from its own uniform draw (test: -1 is set by the caller)."""
+    fold_draws = {k: uniform_from_hash(f"fold:{k}", params.seed) for k in keys.unique()}
+    return keys.map(lambda k: math.floor(fold_draws[k] * params.folds)).astype("int64")
 
 
-def _assign_folds(
+def stratified_folds(
     out: pd.DataFrame, keys: pd.Series, params: SplitParams, previous: pd.DataFrame | None
 ) -> pd.Series:
-    """Each image's fold (test: -1 is set by the caller)."""
-    if not _is_multi_label(out):
-        fold_draws = {k: uniform_from_hash(f"fold:{k}", params.seed) for k in keys.unique()}
-        return keys.map(lambda k: math.floor(fold_draws[k] * params.folds)).astype("int64")
+    """Multi-label: an old key keeps its fold, new keys are stratified over the folds."""
     codes, uniques, rows = _key_rows(out, keys)
     folds = list(range(params.folds))
     old = _previous_values(out, previous, "fold", folds)
@@ -271,24 +230,6 @@ def _assign_folds(
     share = np.full(params.folds, 1 / params.folds)
     fold[folded] = _extend(rows[folded], old_key[folded], share, order[folded], params.seed)
     return pd.Series(fold[codes], index=out.index, dtype="int64")
-
-
-def _per_class(manifest: pd.DataFrame) -> pd.Series:
-    """Images per class (single-label) or per label (multi-label)."""
-    if not _is_multi_label(manifest):
-        return manifest["label"].value_counts()
-    sets = _text(manifest["labels"]).tolist()
-    labels = label_classes(sets)
-    return pd.Series(multi_hot(sets, labels).sum(axis=0).astype(np.int64), index=labels)
-
-
-def _has_tiny(manifest: pd.DataFrame, tiny: list[str]) -> pd.Series:
-    """Which images have one of the `tiny` classes or labels."""
-    if not _is_multi_label(manifest):
-        return manifest["label"].isin(tiny)
-    return pd.Series(
-        multi_hot(_text(manifest["labels"]).tolist(), tiny).any(axis=1), index=manifest.index
-    )
 
 
 def plan_splits(
@@ -305,15 +246,17 @@ def plan_splits(
     """
     if manifest.empty:
         raise SplitError("the clean manifest is empty: no usable images to split")
-    _check_classes(manifest)
-    noun = "label(s)" if _is_multi_label(manifest) else "class(es)"
+    task = task_of(manifest)
+    if (problem := task.splittable(manifest)) is not None:
+        raise SplitError(problem)
+    noun = task.some
     messages: list[str] = []
     keys = group_keys(manifest, params.group_by)
     pinned = folder_pins(manifest, params)
     # the draw's cuts over the splits no folder fixes (all three, unless the tree had some)
     free = [s for s in SPLITS if s not in set(pinned.dropna())]
     share = np.array([getattr(params, s) for s in free], dtype=float)
-    split = _assign_splits(manifest, keys, free, share, params, pinned, previous, messages)
+    split = task.assign_splits(manifest, keys, free, share, params, pinned, previous, messages)
     if pinned.notna().any():
         # a group (near-duplicates, group_by) follows its pinned images; the images
         # themselves always keep their folder's split
@@ -342,10 +285,10 @@ def plan_splits(
             )
 
     active = 1 + (params.val > 0) + (params.test > 0)
-    per_class = _per_class(manifest)
+    per_class = task.per_class(manifest)
     tiny = sorted(per_class.index[per_class < active])
     if tiny:
-        tiny_keys = set(keys[_has_tiny(manifest, tiny) & pinned.isna()])
+        tiny_keys = set(keys[task.with_labels(manifest, set(tiny)) & pinned.isna()])
         split[keys.isin(tiny_keys) & pinned.isna()] = "train"
         messages.append(
             f"{noun} {tiny} have fewer images than the {active} splits "
@@ -372,7 +315,7 @@ def plan_splits(
         if missing and getattr(params, name) > 0:
             messages.append(f"{noun} {missing} have no {name} image: add images")
     if params.folds:
-        fold = _assign_folds(out, keys, params, previous)
+        fold = task.assign_folds(out, keys, params, previous)
         out["fold"] = fold.where(out["split"] != "test", -1).astype("int64")
         table = fold_counts(out, params.folds)
         thin = table.index[(table == 0).any(axis=1)].tolist()
@@ -389,27 +332,16 @@ def split_digest(params: SplitParams) -> str:
 
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     """Images per class (multi-label: per label) and split, and their total."""
-    if _is_multi_label(split):
-        counts = label_counts(split, "split", SPLITS)
-    else:
-        counts = pd.crosstab(split["label"], split["split"]).reindex(columns=SPLITS, fill_value=0)
+    counts = task_of(split).crosstab(split, "split", SPLITS)
     counts["total"] = counts.sum(axis=1)
     return counts
 
 
 def fold_counts(split: pd.DataFrame, folds: int) -> pd.DataFrame:
     """Train+val images per class (multi-label: per label) and fold."""
-    folded = split[split["fold"] >= 0]
-    if _is_multi_label(split):
-        table = label_counts(folded, "fold", range(folds))
-        table = table.reindex(
-            index=label_classes(_text(split["labels"]).tolist()), columns=range(folds), fill_value=0
-        )
-    else:
-        table = pd.crosstab(folded["label"], folded["fold"])
-        table = table.reindex(
-            index=sorted(split["label"].unique()), columns=range(folds), fill_value=0
-        )
+    folded, task = split[split["fold"] >= 0], task_of(split)
+    table = task.crosstab(folded, "fold", range(folds))
+    table = table.reindex(index=task.classes(split), columns=range(folds), fill_value=0)
     table.columns = [f"fold_{f}" for f in table.columns]
     return table
 

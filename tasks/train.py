@@ -178,8 +178,16 @@ def uses_channels_last(params: TrainParams, device: torch.device) -> bool:
 
 
 def resolved(params: TrainParams, data: TrainData) -> TrainParams:
-    """`monitor: auto` as the data's kind means it (val_accuracy, or val_map)."""
-    return params.model_copy(update={"monitor": data.task.resolve(params.monitor)})
+    """The `auto` values as the data's kind means them: `monitor` (val_accuracy, or
+    val_map) and `label_smoothing` (0.1, or 0)."""
+    task = data.task
+    smoothing = params.label_smoothing
+    return params.model_copy(
+        update={
+            "monitor": task.resolve(params.monitor),
+            "label_smoothing": task.label_smoothing if smoothing == "auto" else smoothing,
+        }
+    )
 
 
 def run_fingerprint(params: TrainParams, data: TrainData) -> str:

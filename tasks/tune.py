@@ -216,7 +216,9 @@ def start_point(tune: TuneParams, base: TrainParams) -> dict:
         match dim:
             case CategoricalDim() if value in dim.choices:
                 point[key] = value
-            case FloatDim() | IntDim() if dim.low <= value <= dim.high:
+            case FloatDim() | IntDim() if isinstance(value, int | float) and (
+                dim.low <= value <= dim.high
+            ):
                 point[key] = value
     return point
 

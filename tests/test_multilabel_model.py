@@ -214,3 +214,99 @@ def test_a_trial_replaces_the_start_only_if_its_per_image_gain_is_not_noise():
     assert chosen_trial(study, tune).number == 0
     add(np.clip(start + 0.05, 0, 1))  # better on nearly every image
     assert chosen_trial(study, tune).number == 2
+
+
+def test_int8_export_is_gated_on_every_label_decision(trained, tmp_path):
+    from tasks.export import export_model, metadata
+    from tasks.quantize import gate, quantize_int8, quantized_path
+    from tasks.runtime import open_model
+    from tests.training import split_pixels_of
+
+    data, model = trained
+    loaded = LoadedModel.load(model)
+    net, meta = loaded.net, loaded.meta
+    fp32 = tmp_path / "model.onnx"
+    export_model(net, meta, "onnx", fp32, split_pixels_of(data, data.classes))
+    int8 = quantized_path(fp32, "int8")
+    calibration = split_pixels_of(data, data.classes, "train")
+    quantize_int8(fp32, int8, calibration, metadata(meta, True, "int8"))
+    pixels = split_pixels_of(data, data.classes)
+    targets = data.task.targets(data.part("test"), data.classes)
+    checked = gate(net, open_model(int8), [(pixels, targets)], meta, "int8")
+    assert checked.n_images == len(pixels)  # images; agreement is over image × label decisions
+    cells = len(pixels) * len(data.classes)
+    assert checked.agreement * cells == pytest.approx(round(checked.agreement * cells))
+    assert 0.9 <= checked.agreement <= 1 and 0 <= checked.accuracy <= 1
+    # the reference accuracy is the model's own label accuracy at its thresholds
+    probs, truth, _ = predict_probs(model, data.part("test"), data.clean_dir)
+    own = (multilabel.decide(probs, np.asarray(meta["thresholds"])) == (truth > 0.5)).mean()
+    assert checked.reference_accuracy == pytest.approx(own, abs=1.5 / cells)  # ≤ 1 float tie
+
+
+def test_mixing_smoothing_ema_and_both_balance_plans_train_on_label_sets(tagged):
+    """MixUp + CutMix on multi-hot targets, label smoothing, EMA and bf16 autocast with
+    pos_weight, then a rarest-label sampler: finite losses, and the sampler favours the
+    images of the rarest label."""
+    from tasks.balance import BalancePlan, balance_plan
+
+    data, _ = tagged
+    params = TrainParams(
+        **{
+            **TINY,
+            "epochs": 2,
+            "mixup_alpha": 0.2,
+            "cutmix_alpha": 1.0,
+            "label_smoothing": 0.1,
+            "ema_decay": 0.9,
+            "amp": "bf16",
+            "channels_last": "on",
+        }
+    )
+    raw = balance_plan(data.split, "class_weights")
+    assert set(raw["pos_weights"]) == set(data.classes)
+    weighted = TrainData(**{**data.__dict__, "balance": BalancePlan(**raw)})
+    history = fit(params, weighted, show_progress=False).history
+    assert all(np.isfinite(m.train_loss) and m.val_map is not None for m in history)
+    sampled = BalancePlan(**{**raw, "strategy": "weighted_sampler"})
+    targets = data.task.targets(data.part("train"), data.classes)
+    generator = torch.Generator().manual_seed(0)
+    sampler = sampled.sampler(targets, data.classes, generator, task=data.task)
+    drawn = targets[list(sampler)]
+    rarest = int(np.argmin(targets.sum(0)))
+    assert drawn[:, rarest].mean() > targets[:, rarest].mean()
+
+
+def test_crossval_scores_folds_on_map_and_finds_label_set_issues(tagged, tmp_path):
+    from params import CrossvalParams
+    from tasks.crossval import describe, run_crossval
+
+    data, _ = tagged
+    folded = plan_splits(
+        data.split.drop(columns=["split"]), SplitParams(train=0.6, val=0.2, test=0.2, folds=2)
+    ).frame
+    cv_data = TrainData(**{**data.__dict__, "split": folded})
+    cv = run_crossval(
+        TrainParams(**{**TINY, "epochs": 1}),
+        CrossvalParams(epochs=1, label_issues=5),
+        cv_data,
+        tmp_path,
+        show_progress=False,
+    )
+    assert all({"f1_micro", "map_macro"} <= set(f.metrics) for f in cv.folds)
+    assert "map_macro_mean" in cv.summary and cv.ensemble["metric"] == "map_macro"
+    assert any(
+        line.startswith("ensemble of") and "map_macro" in line
+        for line in describe(cv.summary, cv.ensemble)
+    )
+    issues = cv.label_issues
+    assert list(issues.columns) == [
+        "path",
+        "sha256",
+        "labels",
+        "suggested_add",
+        "suggested_remove",
+        "quality",
+        "fold",
+    ]
+    assert len(issues) <= 5 and set(issues["path"]) <= set(folded["path"])
+    assert {"path", "labels", "fold", "predicted"} <= set(cv.oof.columns)
