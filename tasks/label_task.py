@@ -49,6 +49,9 @@ MULTI_LABEL_REASONS = {
 }
 # a label with fewer validation positives than this gets the global threshold
 MIN_POSITIVES = 5
+# a label's own cut is pulled towards the global one as if it had this many more positives:
+# best-F1 cuts on a few val positives lowered test micro-F1 below one global cut
+PRIOR = 20
 
 
 def metric_direction(name: str) -> str:
@@ -489,7 +492,7 @@ class MultiLabel(SingleLabel):
 
         loss = binary_cross_entropy_with_logits(logits, targets).item()
         probs, truth = logits.sigmoid().numpy(), targets.numpy()
-        thresholds, fallback = multilabel.fit_thresholds(probs, truth, MIN_POSITIVES)
+        thresholds, fallback = multilabel.fit_thresholds(probs, truth, MIN_POSITIVES, PRIOR)
         scored = multilabel.multilabel_metrics(
             probs, truth, thresholds, list(range(truth.shape[1]))
         )

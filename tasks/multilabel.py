@@ -161,7 +161,7 @@ def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def fit_thresholds(
-    probs: np.ndarray, targets: np.ndarray, min_positives: int = 5
+    probs: np.ndarray, targets: np.ndarray, min_positives: int = 5, prior: float = 0.0
 ) -> tuple[np.ndarray, float]:
     """(per-label thresholds (L,), the global threshold), chosen on validation probabilities.
 
@@ -169,6 +169,9 @@ def fit_thresholds(
     probabilities, so `decide` reproduces that F1 exactly; ties go to the higher threshold).
     A label with fewer than `min_positives` positives gets the global threshold instead: the
     t of 0.05, 0.10, … 0.95 with the best micro-F1 over all labels (ties: the higher t).
+    With `prior` > 0 a label's own cut is pulled towards the global one, weighted by its
+    positives: (n·own + prior·global) / (n + prior), so a cut fitted to a handful of
+    validation images does not overfit them.
     """
     probs = np.asarray(probs)
     truth = np.asarray(targets) > 0.5
@@ -179,7 +182,9 @@ def fit_thresholds(
     positives = truth.sum(axis=0)
     for j in range(probs.shape[1]):
         if positives[j] >= max(min_positives, 1):
-            thresholds[j] = _best_f1_threshold(probs[:, j], truth[:, j])
+            own = _best_f1_threshold(probs[:, j], truth[:, j])
+            n = positives[j]
+            thresholds[j] = (n * own + prior * global_t) / (n + prior)
     return np.clip(thresholds, 0.0, 1.0), global_t
 
 
