@@ -68,7 +68,7 @@ test: install-dev
 docs: $(STAMP_DOCS)
 	$(BIN)/mkdocs serve -a 127.0.0.1:8000
 
-# speed and scale against baselines → benchmarks/results.md (≈23 min on 2 CPU cores)
+# speed and scale against baselines → benchmarks/results.md (≈29 min on 2 CPU cores)
 bench: install-dev
 	$(BIN)/python -m benchmarks
 

@@ -1,4 +1,4 @@
-"""Run every benchmark and write benchmarks/results.md: `make bench` (≈23 min on 2 CPU cores).
+"""Run every benchmark and write benchmarks/results.md: `make bench` (≈29 min on 2 CPU cores).
 
     python -m benchmarks [--images 10000] [--out benchmarks/results.md] [--only NAME ...]
                          [--recipe-full]
@@ -28,6 +28,7 @@ NAMES = (
     "scaling",
     "scale",
     "recipe",
+    "recipe_multilabel",
     "export",
     "faults",
 )
@@ -90,6 +91,10 @@ def run(
         from benchmarks import recipe
 
         rows += recipe.measure(full=recipe_full)
+    if "recipe_multilabel" in names:
+        from benchmarks import recipe_multilabel
+
+        rows += recipe_multilabel.measure()
     return rows
 
 

@@ -103,6 +103,10 @@ class SingleLabel:
     def resolve(self, metric: str) -> str:
         return self.primary if metric == "auto" else metric
 
+    def smoothing(self, value: float | str) -> float:
+        """train.yaml's label_smoothing, with `auto` as the kind means it."""
+        return self.label_smoothing if value == "auto" else float(value)
+
     def balance(self, train: pd.DataFrame) -> dict:
         """The balance plan's counts and "balanced" weights (tasks/balance.py)."""
         from sklearn.utils.class_weight import compute_class_weight

@@ -21,7 +21,6 @@ from sklearn.metrics import (
     hamming_loss,
     log_loss,
     precision_recall_curve,
-    precision_recall_fscore_support,
     precision_score,
     recall_score,
 )
@@ -281,7 +280,12 @@ def multilabel_metrics(
         "n_labels": truth.shape[1],
         "labels_per_image": float(truth.sum(axis=1).mean()) if len(truth) else 0.0,
     }
-    p, r, f, support = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
+    # per column from the counts (sklearn takes a single column for binary data)
+    tp = (truth & pred).sum(0).astype(float)
+    support = truth.sum(0)
+    p = np.divide(tp, pred.sum(0), out=np.zeros_like(tp), where=pred.sum(0) > 0)
+    r = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
     per_label = pd.DataFrame(
         {
             "class": list(labels),

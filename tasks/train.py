@@ -181,11 +181,10 @@ def resolved(params: TrainParams, data: TrainData) -> TrainParams:
     """The `auto` values as the data's kind means them: `monitor` (val_accuracy, or
     val_map) and `label_smoothing` (0.1, or 0)."""
     task = data.task
-    smoothing = params.label_smoothing
     return params.model_copy(
         update={
             "monitor": task.resolve(params.monitor),
-            "label_smoothing": task.label_smoothing if smoothing == "auto" else smoothing,
+            "label_smoothing": task.smoothing(params.label_smoothing),
         }
     )
 
@@ -275,7 +274,8 @@ def make_steps(
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, params, steps_per_epoch),
         criterion=task.loss(
-            params.label_smoothing, class_weight.to(device) if class_weight is not None else None
+            task.smoothing(params.label_smoothing),
+            class_weight.to(device) if class_weight is not None else None,
         ),
         dtype=dtype,
         channels_last=uses_channels_last(params, device),

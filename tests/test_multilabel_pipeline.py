@@ -82,7 +82,10 @@ def test_every_stage_runs_on_multi_label_data_and_dvc_repro_has_nothing_to_do(re
     for name in ("pr_curves.png", "pr_curves.csv", "confusion.png", "misclassified.png"):
         assert (art / "evaluate" / name).stat().st_size > 0
     shown = sh("dvc", "plots", "show", "--json", "artifacts/evaluate/pr_curves.csv", cwd=project)
-    plotted = json.loads(shown.stdout)["artifacts/evaluate/pr_curves.csv"][0]
+    plots = json.loads(shown.stdout)["data"]
+    key = next((k for k in plots if k.endswith("pr_curves.csv")), None)
+    assert key is not None, list(plots)
+    plotted = plots[key][0]
     assert plotted["type"] == "vega"  # the curves, one colour per label
     assert {d["label"] for d in plotted["content"]["data"]["values"]} == set(LABELS)
 
