@@ -39,19 +39,7 @@ class Evaluation:
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
     """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
-    return calibration_error(probs.max(1), probs.argmax(1) == targets, bins)
-
-
-def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """The same gap for any (probability, outcome) pairs (multi-label: every image × label)."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
+    return multilabel.calibration_error(probs.max(1), probs.argmax(1) == targets, bins)
 
 
 def roc_auc(
@@ -174,7 +162,7 @@ def evaluate_multilabel(
     metrics, per_class = multilabel.multilabel_metrics(
         probs, truth.astype(np.float32), cut, classes
     )
-    metrics["ece"] = calibration_error(probs.ravel(), truth.ravel(), calibration_bins)
+    metrics["ece"] = multilabel.calibration_error(probs, truth, calibration_bins)
     cooccurrence = truth.T.astype(int) @ decided.astype(int)
     normalized = cooccurrence / np.maximum(truth.sum(0)[:, None], 1)
     names = np.asarray(classes, dtype=object)

@@ -212,13 +212,11 @@ def _rank_max(values: np.ndarray) -> np.ndarray:
     return rankdata(values, method="max", axis=1)
 
 
-def _pooled_ece(probs: np.ndarray, truth: np.ndarray, bins: int = 15) -> float:
-    """Gap between each cell's probability and how often the label is there, averaged over
-    equal-width probability bins, every (image, label) cell pooled."""
-    p = probs.ravel().astype(float)
-    y = truth.ravel().astype(float)
-    if p.size == 0:
-        return 0.0
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Gap between probability and how often it is right, averaged over equal-width bins, for
+    any (probability, outcome) pairs: top-1 confidences, or every (image, label) cell."""
+    p = np.asarray(confidence, dtype=float).ravel()
+    y = np.asarray(correct, dtype=float).ravel()
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     ece = 0.0
@@ -275,7 +273,7 @@ def multilabel_metrics(
         "log_loss": float(
             log_loss(truth.ravel(), np.clip(probs, EPS, 1 - EPS).ravel(), labels=[0, 1])
         ),
-        "ece": _pooled_ece(probs, truth),
+        "ece": calibration_error(probs, truth),
         "n_images": len(truth),
         "n_labels": truth.shape[1],
         "labels_per_image": float(truth.sum(axis=1).mean()) if len(truth) else 0.0,
