@@ -78,6 +78,8 @@ def recipes(default: TrainParams, epochs: int) -> dict[str, TrainParams]:
             "cutmix_alpha": 0.0,
             "ema_decay": 0.0,
             "grad_clip": 0.0,
+            "prior_bias": False,
+            "multi_label": {},  # the same plain fine-tune on multi-label data
         }
     )
     probe = base.model_copy(
@@ -97,12 +99,14 @@ class Prepared:
 
     def data(self, seed: int, augment: AugmentParams, model: str):
         from tasks.augment import build_pipelines
+        from tasks.label_task import task_of
         from tasks.model import preprocessing
         from tasks.split import plan_splits
         from tasks.train import TrainData
 
         split_params = shipped("split").model_copy(update={"seed": seed, "folds": 0})
         split = plan_splits(self.manifest, split_params).frame
+        augment = task_of(split).recipe(augment)  # as the augment stage applies it
         train, evaluation = build_pipelines(augment, *preprocessing(model))
         return TrainData(
             split,

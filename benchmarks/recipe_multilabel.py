@@ -7,8 +7,9 @@ real images tagged with several labels, installed offline) and each seed, the im
 cleaned and split by iterative stratification as the pipeline does, then two recipes
 train for the same epochs at the same image size (benchmarks/recipe.py's):
 
-- default: params/train.yaml and params/augment.yaml as shipped (BCE on multi-hot
-  targets, val mAP picks the kept epoch, a threshold per label chosen on val);
+- default: params/train.yaml and params/augment.yaml as shipped, their `multi_label:`
+  blocks applied (BCE on multi-hot targets, the prior bias, EMA, flip only; val mAP picks
+  the kept epoch, a threshold per label chosen on val);
 - plain: a plain BCE fine-tune of the same model: every layer from the first step, AdamW
   1e-3, constant LR, flip-only augmentation, no label smoothing, thresholds at 0.5.
 
@@ -106,7 +107,12 @@ def measure(datasets=None, seeds: int = SEEDS, epochs: int = EPOCHS) -> list[Res
     datasets = datasets or list(MULTILABEL_DATASETS)
     augment: AugmentParams = shipped("augment").model_copy(update={"image_size": IMAGE_SIZE})
     flip_only = augment.model_copy(
-        update={"preset": "custom", "custom": [{"HorizontalFlip": {"p": 0.5}}], "scale_min": 1.0}
+        update={
+            "preset": "custom",
+            "custom": [{"HorizontalFlip": {"p": 0.5}}],
+            "scale_min": 1.0,
+            "multi_label": {},
+        }
     )
     rows: list[Result] = []
     lines = [

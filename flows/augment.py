@@ -14,6 +14,7 @@ from params import AugmentParams, TrainParams
 from tasks.augment import build_pipelines, render_preview, save_pipeline
 from tasks.balance import balance_plan, plan_table
 from tasks.files import fresh_dir, write_json
+from tasks.label_task import task_of
 from tasks.model import preprocessing
 
 
@@ -21,6 +22,7 @@ from tasks.model import preprocessing
 def augment_flow(params: AugmentParams, train: TrainParams, root: str = ".") -> dict:
     project = Project(Path(root))
     split = pd.read_parquet(project.artifacts("split") / "split.parquet")
+    params = task_of(split).recipe(params)  # multi-label data: augment.yaml's `multi_label:`
     out = fresh_dir(project.artifacts("augment"))
     model_mean, model_std = preprocessing(train.model)
     mean = model_mean if params.mean == "auto" else params.mean

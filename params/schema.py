@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -136,7 +136,52 @@ class SplitParams(_Params):
         return folds
 
 
-class AugmentParams(_Params):
+class KindRecipe(_Params):
+    """A stage's params with a `multi_label:` block: its keys' values for multi-label data
+    (tasks/label_task.py applies it once the data's kind is known)."""
+
+    NOT_PER_KIND: ClassVar[frozenset[str]] = frozenset()  # keys other stages read as written
+
+    multi_label: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keys of this file that multi-label data uses instead of the values above; "
+        "a value a search chose still wins",
+    )
+
+    @field_validator("multi_label")
+    @classmethod
+    def _known_keys(cls, block: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(block) - set(cls.model_fields) | (set(block) & {"multi_label"})
+        fixed = set(block) & cls.NOT_PER_KIND
+        if unknown or fixed:
+            what = "not keys of this file" if unknown else "the same for every kind"
+            raise ValueError(f"multi_label: {', '.join(sorted(unknown or fixed))}: {what}")
+        return block
+
+    @model_validator(mode="after")
+    def _block_values_valid(self) -> Self:
+        if self.multi_label:  # its values checked as the file's own are
+            try:
+                self.multi_label_recipe()
+            except ValidationError as error:
+                problem = error.errors()[0]
+                where = ".".join(map(str, problem["loc"]))
+                raise ValueError(f"multi_label.{where}: {problem['msg']}") from None
+        return self
+
+    def with_values(self, values: dict[str, Any]) -> Self:
+        """These values set (a search's), and taken out of the multi-label block so that they
+        still hold on multi-label data."""
+        block = {k: v for k, v in self.multi_label.items() if k not in values}
+        return self.model_validate({**self.model_dump(), **values, "multi_label": block})
+
+    def multi_label_recipe(self) -> Self:
+        """The values multi-label data uses: the block applied, then emptied (applying it
+        twice changes nothing)."""
+        return self.model_validate({**self.model_dump(), **self.multi_label, "multi_label": {}})
+
+
+class AugmentParams(KindRecipe):
     """Albumentations pipelines and the class-balance plan.
 
     Train: RandomResizedCrop to `image_size`, then the preset's transforms (or
@@ -169,6 +214,9 @@ class AugmentParams(_Params):
         "cpu (loader workers), gpu (per batch on the training device), auto (gpu on CUDA)",
     )
     seed: int = 0
+
+    # the train and evaluate stages read these from augment.yaml as written
+    NOT_PER_KIND: ClassVar[frozenset[str]] = frozenset({"image_size", "device", "mean", "std"})
 
     @model_validator(mode="after")
     def _custom_needs_its_preset(self) -> AugmentParams:
@@ -217,7 +265,7 @@ def check_model_name(model: str) -> None:
 HEAD_SHARE = 0.2  # freeze_epochs: auto: the recipe benchmark's best share at 5-10 epochs
 
 
-class TrainParams(_Params):
+class TrainParams(KindRecipe):
     """Fine-tuning recipe: head first, then backbone stages unfrozen from the top at lower LRs."""
 
     # model
@@ -279,6 +327,11 @@ class TrainParams(_Params):
         0.0, ge=0, lt=1, description="EMA of the weights (validated and saved); 0 = off"
     )
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
+    prior_bias: bool = Field(
+        False,
+        description="the new head's bias starts at the classes' log prior on train (multi-label: "
+        "each label's log-odds), so the first steps are not spent learning base rates",
+    )
     # early stopping and the kept model
     monitor: Literal["auto", "val_loss", "val_accuracy", "val_map"] = Field(
         "auto",
@@ -310,6 +363,8 @@ class TrainParams(_Params):
         False, description="torch.compile the model", json_schema_extra=EXECUTION_ONLY
     )
     seed: int = 0
+
+    NOT_PER_KIND: ClassVar[frozenset[str]] = frozenset({"model"})  # the augment stage reads it
 
     @field_validator("model")
     @classmethod

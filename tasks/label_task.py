@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,10 @@ from tasks import multilabel
 if TYPE_CHECKING:  # torch is imported where it is used: clean and split never load it
     import torch
     from torch import nn
+
+    from params.schema import KindRecipe
+
+    P = TypeVar("P", bound=KindRecipe)
 from tasks.files import printable
 from tasks.multilabel import join_set, split_set
 from tasks.sources import IMAGES_FOLDER, SOURCES_FILE, data_task
@@ -106,6 +110,17 @@ class SingleLabel:
     def smoothing(self, value: float | str) -> float:
         """train.yaml's label_smoothing, with `auto` as the kind means it."""
         return self.label_smoothing if value == "auto" else float(value)
+
+    def recipe(self, params: P) -> P:
+        """train.yaml or augment.yaml as this kind uses it (single-label: as written)."""
+        return params
+
+    def prior_bias(self, targets, n_classes: int) -> np.ndarray:
+        """The head bias whose softmax is the train split's class shares (each class counted
+        once more, so none starts at -inf)."""
+        index = np.asarray(targets, dtype=np.int64)
+        counts = np.bincount(index[index < n_classes], minlength=n_classes) + 1.0
+        return np.log(counts / counts.sum())
 
     def balance(self, train: pd.DataFrame) -> dict:
         """The balance plan's counts and "balanced" weights (tasks/balance.py)."""
@@ -340,6 +355,17 @@ class MultiLabel(SingleLabel):
         from tasks.losses import SmoothedBCE
 
         return SmoothedBCE(label_smoothing, weight)
+
+    def recipe(self, params: P) -> P:
+        """The file's `multi_label:` values in place of its own (docs/measurements.md)."""
+        return params.multi_label_recipe()
+
+    def prior_bias(self, targets, n_classes: int) -> np.ndarray:
+        """Each label's log-odds on train (RetinaNet's prior initialisation; half a positive
+        added, so none starts at ±inf): BCE's first steps then see base rates already met."""
+        hot = np.asarray(targets, dtype=np.float64).reshape(-1, n_classes)
+        share = (hot.sum(0) + 0.5) / (len(hot) + 1.0)
+        return np.log(share / (1 - share))
 
     def balance(self, train: pd.DataFrame) -> dict:
         """Positives per label, n / (n_labels × positives), and BCE's pos_weight per label."""

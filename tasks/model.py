@@ -68,6 +68,16 @@ class Classifier:
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
+    def set_head_bias(self, values) -> None:
+        """Start the head's output bias (its last layer with one per class) at `values`."""
+        values = torch.as_tensor(values, dtype=torch.float32)
+        layers = [m for m in self.head.modules() if getattr(m, "bias", None) is not None]
+        layers = [m for m in layers if m.bias.shape == values.shape]
+        if not layers:
+            raise ValueError(f"prior_bias: the head of {self.arch or 'this model'} has no bias")
+        with torch.no_grad():
+            layers[-1].bias.copy_(values)
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         head_ids = {id(p) for p in self.head.parameters()}
         return [p for p in self.net.parameters() if id(p) not in head_ids]

@@ -178,9 +178,11 @@ def uses_channels_last(params: TrainParams, device: torch.device) -> bool:
 
 
 def resolved(params: TrainParams, data: TrainData) -> TrainParams:
-    """The `auto` values as the data's kind means them: `monitor` (val_accuracy, or
-    val_map) and `label_smoothing` (0.1, or 0)."""
+    """train.yaml as the data's kind trains with it: multi-label data's `multi_label:`
+    values, and the `auto` values `monitor` (val_accuracy, or val_map) and
+    `label_smoothing` (0.1, or 0)."""
     task = data.task
+    params = task.recipe(params)
     return params.model_copy(
         update={
             "monitor": task.resolve(params.monitor),
@@ -424,14 +426,16 @@ def build_run(
         device = torch.device("cuda", ranks.local_rank)
     classes = data.classes
     clf = build_classifier(params.model, params.weights, len(classes), params.dropout)
+    task = data.task
+    train_rows = data.part("train") if train_rows is None else train_rows
+    if params.prior_bias:
+        clf.set_head_bias(task.prior_bias(task.targets(train_rows, classes), len(classes)))
     clf.net.to(device)
     if uses_channels_last(params, device):
         clf.net.to(memory_format=torch.channels_last)
     workers = default_workers(device) if params.num_workers == "auto" else params.num_workers
-    train_rows = data.part("train") if train_rows is None else train_rows
     val_rows = data.part("val") if val_rows is None else val_rows
     mode = resolve_device_mode(data.augment_device, device)
-    task = data.task
     train_set = CachedImages(
         train_rows, data.clean_dir, data.train_pipeline, classes, params.seed, mode, task
     )

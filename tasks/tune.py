@@ -312,7 +312,7 @@ def trial_params(trial: optuna.Trial, tune: TuneParams, base: TrainParams) -> Tr
     freeze = update.get("freeze_epochs", short.freeze_epochs)
     if freeze != "auto":
         update["freeze_epochs"] = min(freeze, short.epochs)
-    return TrainParams.model_validate({**short.model_dump(), **update})
+    return short.with_values(update)
 
 
 def trial_base(tune: TuneParams, base: TrainParams) -> TrainParams:
@@ -515,7 +515,7 @@ def apply_best_params(best_params_yaml: Path, train: TrainParams) -> TrainParams
 
 
 def overlaid(record: dict, train: TrainParams) -> TrainParams:
-    return TrainParams.model_validate({**train.model_dump(), **record.get("params", {})})
+    return train.with_values(record.get("params", {}))
 
 
 @dataclass
@@ -534,7 +534,7 @@ def final_training(best_params_yaml: Path, train: TrainParams, data: TrainData) 
     on, every epoch runs (no early stopping) and the training metric picks the kept one."""
     record = yaml.safe_load(best_params_yaml.read_text()) or {}
     tuned = overlaid(record, train)
-    overridden = searched_overrides(train, tuned)
+    overridden = searched_overrides(data.task.recipe(train), data.task.recipe(tuned))
     searched = record.get("source") == SEARCHED
     # multi-label models choose their thresholds on val: `auto` keeps it for that
     refit = tuned.refit == "on" or (tuned.refit == "auto" and searched and data.task.refits)
@@ -551,6 +551,7 @@ def searched_overrides(train: TrainParams, tuned: TrainParams) -> str | None:
         f"{key} {getattr(train, key)!r} → {value!r}"
         for key, value in tuned.model_dump().items()
         if value != getattr(train, key)
+        and key != "multi_label"
         and not (key == "freeze_epochs" and tuned.head_epochs == train.head_epochs)
     ]
     if not changed:

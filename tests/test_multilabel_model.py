@@ -310,3 +310,64 @@ def test_crossval_scores_folds_on_map_and_finds_label_set_issues(tagged, tmp_pat
     ]
     assert len(issues) <= 5 and set(issues["path"]) <= set(folded["path"])
     assert {"path", "labels", "fold", "predicted"} <= set(cv.oof.columns)
+
+
+def test_multi_label_data_trains_with_the_multi_label_block_and_a_searched_value_wins(tagged):
+    """train.yaml's `multi_label:` values replace its own on label sets only; a value the
+    search chose (best_params.yaml) is not overwritten by the block."""
+    from tasks.train import resolved
+    from tasks.tune import overlaid
+
+    data, _ = tagged
+    block = {"freeze_epochs": 0, "batchnorm": "adapt", "lr": 1e-3, "schedule": "constant"}
+    params = TrainParams(**{**TINY, "multi_label": block})
+    mine = resolved(params, data)
+    assert (mine.lr, mine.head_epochs, mine.batchnorm, mine.schedule) == (
+        1e-3, 0, "adapt", "constant"
+    )  # fmt: skip
+    assert mine.multi_label == {} and resolved(mine, data) == mine  # applied once
+    single = TrainData(**{**data.__dict__, "split": _single_label(data.split)})
+    assert resolved(params, single).lr == 3e-3 and resolved(params, single).head_epochs == 1
+    searched = resolved(overlaid({"params": {"lr": 5e-3}}, params), data)
+    assert searched.lr == 5e-3 and searched.batchnorm == "adapt"
+    history = fit(params.model_copy(update={"epochs": 1}), data, show_progress=False).history
+    assert not history[0].frozen and history[0].lr == pytest.approx(1e-3)  # no head-only epoch
+
+
+def _single_label(split: pd.DataFrame) -> pd.DataFrame:
+    first = [s.split()[0] for s in split["labels"]]
+    return split.drop(columns=["labels"]).assign(label=first)
+
+
+@pytest.mark.parametrize("kind", ["multi_label", "single_label"])
+def test_prior_bias_starts_the_head_at_the_train_shares(tagged, kind):
+    """The head's bias gives each label its train share (sigmoid; for single-label the
+    softmax gives each class its share), so on label sets the first loss is lower than
+    from the library's initialisation: the steps go to features, not base rates."""
+    from tasks.train import build_run
+
+    data, _ = tagged
+    if kind == "single_label":
+        data = TrainData(**{**data.__dict__, "split": _single_label(data.split)})
+    params = TrainParams(**{**TINY, "prior_bias": True})
+    train = data.task.targets(data.part("train"), data.classes)
+    run = build_run(params, data)
+    head = run.clf.head if isinstance(run.clf.head, torch.nn.Linear) else run.clf.head[-1]
+    if kind == "multi_label":
+        shares = torch.tensor(np.asarray(train).mean(0), dtype=torch.float32)
+        assert torch.allclose(head.bias.sigmoid(), shares, atol=0.02)
+    else:
+        shares = torch.bincount(torch.tensor(train), minlength=len(data.classes)).float()
+        assert torch.allclose(head.bias.softmax(0), shares / shares.sum(), atol=0.02)
+
+        return  # near-even classes here: the prior is close to the library's start
+
+    def first_loss(run) -> float:
+        images, targets = next(iter(run.train_loader))
+        run.clf.net.eval()
+        with torch.no_grad():
+            return float(run.steps.criterion(run.clf.net(images), targets))
+
+    assert first_loss(run) < first_loss(
+        build_run(params.model_copy(update={"prior_bias": False}), data)
+    )

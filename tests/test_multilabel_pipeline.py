@@ -73,6 +73,12 @@ def test_every_stage_runs_on_multi_label_data_and_dvc_repro_has_nothing_to_do(re
     assert "best_val_map" in best
     history = pd.read_csv(art / "train" / "history.csv")
     assert history["val_map"].notna().all()  # refit: auto keeps val for the thresholds
+    # train.yaml's and augment.yaml's `multi_label:` blocks: no head-only epoch, flip only
+    head_only = best.get("params", {}).get("freeze_epochs", 0)  # trial 0 is the block's 0
+    assert history["frozen"].sum() == head_only
+    steps = yaml.safe_load((art / "augment" / "train.yaml").read_text())["transform"]
+    names = [step["__class_fullname__"] for step in steps["transforms"]]
+    assert names == ["RandomResizedCrop", "HorizontalFlip", "Normalize", "ToTensorV2"], names
     metrics = json.loads((art / "evaluate" / "metrics.json").read_text())
     for key in ("map_macro", "map_micro", "f1_micro", "f1_samples", "subset_accuracy"):
         assert 0 <= metrics[key] <= 1, key

@@ -138,7 +138,8 @@ def test_set_params_writes_only_the_keys_given_and_keeps_the_comments(tmp_path):
     shutil.copytree(REPO / "params", tmp_path / "params")
     project = Project(tmp_path)
     before = (tmp_path / "params" / "train.yaml").read_text()
-    given = TrainParams.model_validate({"lr": 0.0042, "epochs": 6})  # epochs: already 6
+    current = project.params("train").model_dump()
+    given = TrainParams.model_validate({**current, "lr": 0.0042, "epochs": 6})  # epochs: 6 now
     assert project.set_params("train", given) == ["lr"]
     after = (tmp_path / "params" / "train.yaml").read_text()
     assert project.params("train").lr == 0.0042
