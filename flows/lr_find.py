@@ -22,7 +22,9 @@ def lr_find_flow(
     """Writes artifacts/lr_find/: the curve (CSV), the suggestion (JSON) and the plot (PNG)."""
     project = Project(Path(root))
     out = project.artifacts("lr_find")
-    result = lr_range_test(params, train_data(project), start, end, steps)
+    data = train_data(project)
+    params = data.task.recipe(params)  # multi-label data: train.yaml's `multi_label:` values
+    result = lr_range_test(params, data, start, end, steps)
     write_csv(result.curve, out / "lr_find.csv")
     write_json(
         {

@@ -43,9 +43,10 @@ def run_stage(project: Project, name: str) -> dict:
 
 def merged(project: Project, given: dict) -> TrainParams:
     """params/train.yaml with `given` on top, validated as one (a bad mix fails here, before
-    the file is touched)."""
-    current = project.params("train").model_dump()
-    return validated(TrainParams, {**current, **given}, "the run's train parameters")
+    the file is touched); a given key also leaves the `multi_label:` block, so that it holds
+    on multi-label data too."""
+    values = project.params("train").overlay(given)
+    return validated(TrainParams, values, "the run's train parameters")
 
 
 @flow(name="pipeline", flow_run_name=stage_run_name("pipeline"), log_prints=True)

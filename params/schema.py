@@ -169,11 +169,14 @@ class KindRecipe(_Params):
                 raise ValueError(f"multi_label.{where}: {problem['msg']}") from None
         return self
 
-    def with_values(self, values: dict[str, Any]) -> Self:
-        """These values set (a search's), and taken out of the multi-label block so that they
-        still hold on multi-label data."""
+    def overlay(self, values: dict[str, Any]) -> dict[str, Any]:
+        """This file's values with `values` set (a search's, a command line's), and those keys
+        taken out of the multi-label block, so that they hold on multi-label data too."""
         block = {k: v for k, v in self.multi_label.items() if k not in values}
-        return self.model_validate({**self.model_dump(), **values, "multi_label": block})
+        return {**self.model_dump(), **values, "multi_label": block}
+
+    def with_values(self, values: dict[str, Any]) -> Self:
+        return self.model_validate(self.overlay(values))
 
     def multi_label_recipe(self) -> Self:
         """The values multi-label data uses: the block applied, then emptied (applying it

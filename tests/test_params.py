@@ -151,6 +151,37 @@ def test_set_params_writes_only_the_keys_given_and_keeps_the_comments(tmp_path):
     assert project.set_params("train", given) == []
 
 
+def test_a_run_option_holds_on_multi_label_data_too(tmp_path):
+    """`visiontune run --lr …` writes lr and takes it out of train.yaml's `multi_label:`
+    block, which would otherwise replace it on multi-label data; the rest of the block stays."""
+    from flows.pipeline import merged
+
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    project = Project(tmp_path)
+    assert "lr" in project.params("train").multi_label
+    given = merged(project, {"lr": 0.0042})
+    assert project.set_params("train", given) == ["multi_label", "lr"]
+    mine = project.params("train")
+    assert "lr" not in mine.multi_label and mine.multi_label_recipe().lr == 0.0042
+    assert mine.multi_label_recipe().batchnorm == "adapt" and mine.batchnorm == "frozen"
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"lrr": 0.1}, "multi_label: lrr: not keys of this file"),
+        ({"lr": -1}, "multi_label.lr: Input should be greater than 0"),
+        ({"model": "resnet18"}, "multi_label: model: the same for every kind"),
+    ],
+)
+def test_the_multi_label_block_is_checked_as_the_file_itself(tmp_path, block, message):
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    path = tmp_path / "params" / "train.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "multi_label": block}))
+    with pytest.raises(ParamsError, match=message.replace(".", r"\.")):
+        Project(tmp_path).params("train")
+
+
 _PURE = """
 import sys
 import params
